@@ -1,0 +1,6 @@
+"""Whole networks, constructed like dynamic_network_architectures' so nnU-Net plans can build them."""
+
+from nnunet_deconver.architectures.deconver_unet import DeconverUNet
+from nnunet_deconver.architectures.unet_scaffold import StageSpec, UNetScaffold
+
+__all__ = ["DeconverUNet", "StageSpec", "UNetScaffold"]

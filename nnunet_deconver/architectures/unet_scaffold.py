@@ -1,0 +1,204 @@
+"""The U-shaped scaffold every family plugs its blocks into (papers/deconver.md section III.C, Fig. 1).
+
+Encoder: stem convolution, then per stage a strided convolution (kernel = stride, so anisotropic
+strides such as (1, 2, 2) work) followed by the family's blocks. Decoder: per stage an upsampler
+(transposed convolution by the same stride unless a family supplies another, e.g. DTC), skip
+concatenation, a pointwise convolution back to the stage width, the family's blocks, and a
+pointwise segmentation head. Deep supervision follows nnU-Net's contract: ``decoder.deep_supervision``
+toggles between one full-resolution logit map and a list of maps, highest resolution first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from dynamic_network_architectures.building_blocks.helper import (
+    convert_conv_op_to_dim,
+    get_matching_convtransp,
+    maybe_convert_scalar_to_list,
+)
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a family needs to know to build the blocks of one stage.
+
+    Attributes:
+        level: resolution level, 0 = full resolution, n_stages - 1 = bottleneck.
+        channels: width of the stage.
+        conv_kernel_size: the plans' convolution kernel at this level (1 on an axis nnU-Net keeps local).
+        in_decoder: whether the blocks sit in the decoder.
+    """
+
+    level: int
+    channels: int
+    conv_kernel_size: tuple[int, ...]
+    in_decoder: bool
+
+
+BlockFactory = Callable[[StageSpec], nn.Module]
+UpsamplerFactory = Callable[[int, int, tuple[int, ...]], nn.Module]
+
+
+def _per_stage(value: int | Sequence, n_stages: int, name: str) -> list:
+    values = [value] * n_stages if isinstance(value, int) else list(value)
+    if len(values) != n_stages:
+        raise ValueError(f"{name} must have one entry per stage ({n_stages}), got {len(values)}: {value!r}.")
+    return values
+
+
+class UNetEncoder(nn.Module):
+    """Stem plus one (downsampling, blocks) stage per resolution level."""
+
+    def __init__(
+        self,
+        input_channels: int,
+        features: list[int],
+        conv_op: type[_ConvNd],
+        kernel_sizes: list[tuple[int, ...]],
+        strides: list[tuple[int, ...]],
+        block_factory: BlockFactory,
+        blocks_per_stage: list[int],
+    ) -> None:
+        super().__init__()
+        self.stem = conv_op(
+            input_channels, features[0], kernel_size=kernel_sizes[0], padding=[k // 2 for k in kernel_sizes[0]]
+        )
+        stages = []
+        for level, (channels, kernel, stride) in enumerate(zip(features, kernel_sizes, strides)):
+            layers: list[nn.Module] = []
+            if level > 0:
+                layers.append(conv_op(features[level - 1], channels, kernel_size=stride, stride=stride))
+            elif any(s != 1 for s in stride):
+                raise ValueError(f"The first stage must not downsample; plans give stride {stride} there.")
+            spec = StageSpec(level, channels, kernel, in_decoder=False)
+            layers += [block_factory(spec) for _ in range(blocks_per_stage[level])]
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        skips = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        return skips
+
+
+class UNetDecoder(nn.Module):
+    """Upsample, concatenate the skip, fuse to the stage width, blocks, segmentation head."""
+
+    def __init__(
+        self,
+        features: list[int],
+        conv_op: type[_ConvNd],
+        kernel_sizes: list[tuple[int, ...]],
+        strides: list[tuple[int, ...]],
+        num_classes: int,
+        block_factory: BlockFactory,
+        blocks_per_stage: list[int],
+        upsampler_factory: UpsamplerFactory,
+        deep_supervision: bool,
+    ) -> None:
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        upsamplers, fusions, stages, heads = [], [], [], []
+        for level in reversed(range(len(features) - 1)):
+            channels = features[level]
+            upsamplers.append(upsampler_factory(features[level + 1], channels, strides[level + 1]))
+            fusions.append(conv_op(2 * channels, channels, kernel_size=1))
+            spec = StageSpec(level, channels, kernel_sizes[level], in_decoder=True)
+            stages.append(nn.Sequential(*[block_factory(spec) for _ in range(blocks_per_stage[level])]))
+            heads.append(conv_op(channels, num_classes, kernel_size=1))
+        self.upsamplers = nn.ModuleList(upsamplers)
+        self.fusions = nn.ModuleList(fusions)
+        self.stages = nn.ModuleList(stages)
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, skips: list[Tensor]) -> Tensor | list[Tensor]:
+        x = skips[-1]
+        outputs = []
+        last = len(self.stages) - 1
+        for index, (upsample, fuse, stage, head) in enumerate(
+            zip(self.upsamplers, self.fusions, self.stages, self.heads)
+        ):
+            x = stage(fuse(torch.cat((upsample(x), skips[-(index + 2)]), dim=1)))
+            if self.deep_supervision or index == last:
+                outputs.append(head(x))
+        if not self.deep_supervision:
+            return outputs[-1]
+        return outputs[::-1]
+
+
+class UNetScaffold(nn.Module):
+    """Generic U-Net built from nnU-Net plans quantities; a family supplies ``block_factory``.
+
+    Args:
+        input_channels: image channels (modalities).
+        n_stages: resolution levels (encoder stages).
+        features_per_stage: width per level (or one width for all).
+        conv_op: nn.Conv2d / nn.Conv3d, which fixes 2-D or 3-D.
+        kernel_sizes: the plans' convolution kernel per level; used by the stem and passed to blocks.
+        strides: downsampling stride per level (the first is all ones).
+        num_classes: segmentation heads' output channels.
+        deep_supervision: return one logit map per decoder stage, highest resolution first.
+        block_factory: builds one block for a :class:`StageSpec`.
+        blocks_per_stage: blocks per encoder level.
+        blocks_per_decoder_stage: blocks per decoder level (levels 0 .. n_stages - 2).
+        upsampler_factory: builds the decoder upsampler (in channels, out channels, stride);
+            default: transposed convolution with kernel = stride.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: int | Sequence[int],
+        conv_op: type[_ConvNd],
+        kernel_sizes: int | Sequence,
+        strides: int | Sequence,
+        num_classes: int,
+        deep_supervision: bool,
+        block_factory: BlockFactory,
+        blocks_per_stage: int | Sequence[int] = 1,
+        blocks_per_decoder_stage: int | Sequence[int] = 1,
+        upsampler_factory: UpsamplerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        if n_stages < 2:
+            raise ValueError(f"A U-Net needs at least 2 stages, got n_stages={n_stages}.")
+        features = _per_stage(features_per_stage, n_stages, "features_per_stage")
+        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k)) for k in _per_stage(kernel_sizes, n_stages, "kernel_sizes")]
+        stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s)) for s in _per_stage(strides, n_stages, "strides")]
+        if upsampler_factory is None:
+            transposed_op = get_matching_convtransp(conv_op)
+
+            def upsampler_factory(in_channels: int, out_channels: int, stride: tuple[int, ...]) -> nn.Module:
+                return transposed_op(in_channels, out_channels, kernel_size=stride, stride=stride)
+
+        self.spatial_dims = convert_conv_op_to_dim(conv_op)
+        self.size_divisor = tuple(math.prod(axis) for axis in zip(*stride_list))
+        self.encoder = UNetEncoder(
+            input_channels, features, conv_op, kernels, stride_list, block_factory,
+            _per_stage(blocks_per_stage, n_stages, "blocks_per_stage"),
+        )
+        self.decoder = UNetDecoder(
+            features, conv_op, kernels, stride_list, num_classes, block_factory,
+            _per_stage(blocks_per_decoder_stage, n_stages - 1, "blocks_per_decoder_stage"),
+            upsampler_factory, deep_supervision,
+        )
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        spatial = tuple(x.shape[2:])
+        if len(spatial) != self.spatial_dims or any(n % d for n, d in zip(spatial, self.size_divisor)):
+            raise ValueError(
+                f"Input of spatial size {spatial} cannot pass this {self.spatial_dims}-D U-Net: every axis must be "
+                f"a multiple of {self.size_divisor} (the product of the plans' strides). nnU-Net's patch sizes "
+                f"are; pad other inputs to such a size."
+            )
+        return self.decoder(self.encoder(x))

@@ -1,0 +1,52 @@
+"""Deconv Mixer: papers/deconver.md section III.E, eq. (6)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+
+from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
+
+
+class DeconvMixer(nn.Module):
+    """PointwiseConv -> ReLU -> NDC -> PointwiseConv, eq. (6).
+
+    The NDC layer expands the channels to R*C; the last pointwise convolution maps them back to C,
+    so the mixer's output has the shape of its input.
+
+    Args:
+        channels: C.
+        conv_op: nn.Conv1d / nn.Conv2d / nn.Conv3d, which fixes the number of spatial axes.
+        kernel_size: odd NDC filter size (scalar or per axis).
+        ratio: NDC source channel ratio R.
+        groups: NDC groups G (``None``: G = C).
+        iterations: NDC multiplicative updates.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        conv_op: type[_ConvNd],
+        kernel_size: int | Sequence[int] = 3,
+        ratio: int = 4,
+        groups: int | None = None,
+        iterations: int = 1,
+    ) -> None:
+        super().__init__()
+        self.project_in = conv_op(channels, channels, kernel_size=1)
+        self.activation = nn.ReLU()
+        self.ndc = NonnegativeDeconvolution(
+            channels,
+            convert_conv_op_to_dim(conv_op),
+            kernel_size=kernel_size,
+            ratio=ratio,
+            groups=groups,
+            iterations=iterations,
+        )
+        self.project_out = conv_op(self.ndc.out_channels, channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project_out(self.ndc(self.activation(self.project_in(x))))

@@ -1,0 +1,150 @@
+"""Nonnegative deconvolution (NDC): papers/deconver.md, sections III.B (eq. 1-3) and III.F (eq. 7).
+
+The observation model is the grouped cross-correlation X ~ S * V of eq. (1) with zero 'same'
+padding; its adjoint X * V^- (V transposed and spatially flipped) is the transposed convolution
+with the same weights. One NDC layer refines a learned initial source with the multiplicative
+update of eq. (7).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_TRANSPOSED_CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {
+    1: F.conv_transpose1d,
+    2: F.conv_transpose2d,
+    3: F.conv_transpose3d,
+}
+_POINTWISE_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _same_padding(filters: Tensor) -> list[int]:
+    return [size // 2 for size in filters.shape[2:]]
+
+
+def ndc_forward_model(source: Tensor, filters: Tensor, groups: int) -> Tensor:
+    """Return S * V of eq. (1): grouped cross-correlation with zero 'same' padding.
+
+    Args:
+        source: (B, E, *spatial) source image S.
+        filters: (C, E / groups, *kernel) filter tensor V, odd kernel sizes.
+        groups: number of channel groups G (eq. 7 applies eq. 3 to each group independently).
+
+    Returns:
+        (B, C, *spatial) reconstruction of the observation.
+    """
+    return _CONVOLUTIONS[filters.dim() - 2](source, filters, padding=_same_padding(filters), groups=groups)
+
+
+def ndc_adjoint(observation: Tensor, filters: Tensor, groups: int) -> Tensor:
+    """Return X * V^-, the adjoint of :func:`ndc_forward_model` (V^- as defined under eq. 3).
+
+    Satisfies <S * V, X> = <S, X * V^-> for every S and X of matching shapes.
+    """
+    return _TRANSPOSED_CONVOLUTIONS[filters.dim() - 2](
+        observation, filters, padding=_same_padding(filters), groups=groups
+    )
+
+
+def ndc_update(
+    observation: Tensor, source: Tensor, filters: Tensor, groups: int, iterations: int, eps: float
+) -> Tensor:
+    """Apply ``iterations`` multiplicative updates of eq. (7) (eq. 3 when ``eps`` is 0).
+
+    S <- S * (X * V^- + eps) / ((S * V) * V^- + eps). For nonnegative X, S and V and eps = 0 the
+    reconstruction error ||X - S * V||^2 never increases (Theorem 1).
+    """
+    numerator = ndc_adjoint(observation, filters, groups) + eps
+    for _ in range(iterations):
+        denominator = ndc_adjoint(ndc_forward_model(source, filters, groups), filters, groups) + eps
+        source = source * numerator / denominator
+    return source
+
+
+def _as_odd_kernel(kernel_size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    sizes = (kernel_size,) * spatial_dims if isinstance(kernel_size, int) else tuple(kernel_size)
+    if len(sizes) != spatial_dims or any(size < 1 or size % 2 == 0 for size in sizes):
+        raise ValueError(
+            f"NDC kernel_size must be one odd positive size or {spatial_dims} of them (one per axis); "
+            f"got {kernel_size!r}. Use e.g. 3, 5 or (1, 3, 3)."
+        )
+    return sizes
+
+
+class NonnegativeDeconvolution(nn.Module):
+    """Learnable NDC layer of section III.F, eq. (7).
+
+    The input X (B, C, *spatial) must be nonnegative. The initial source is
+    S^(0) = ReLU(PointwiseConv(X)) with R*C channels, the filter is V = ReLU(W) with W
+    Kaiming-uniform initialised and shared by V and its adjoint V^-, and the output is the updated
+    source S^(iterations) with R*C channels. Everything runs in float32, also inside autocast,
+    because the division of eq. (7) is not representable in half precision (eps = 1e-8 underflows).
+
+    Args:
+        channels: input channels C.
+        spatial_dims: 1, 2 or 3.
+        kernel_size: odd filter size, one for all axes or one per axis (anisotropic).
+        ratio: source channel ratio R = E / C.
+        groups: number of groups G; ``None`` means G = C (the paper's default).
+        iterations: number of multiplicative updates (the paper uses 1).
+        eps: the positive constant of eq. (7).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        spatial_dims: int,
+        kernel_size: int | Sequence[int] = 3,
+        ratio: int = 4,
+        groups: int | None = None,
+        iterations: int = 1,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in _CONVOLUTIONS:
+            raise ValueError(f"NDC supports 1, 2 or 3 spatial dimensions, got {spatial_dims}.")
+        groups = channels if groups is None else groups
+        if channels < 1 or groups < 1 or channels % groups != 0:
+            raise ValueError(f"NDC groups ({groups}) must divide the number of channels ({channels}).")
+        if ratio < 1 or iterations < 1 or eps <= 0:
+            raise ValueError(
+                f"NDC needs ratio >= 1, iterations >= 1 and eps > 0; got ratio={ratio}, "
+                f"iterations={iterations}, eps={eps}."
+            )
+        self.channels = channels
+        self.spatial_dims = spatial_dims
+        self.kernel_size = _as_odd_kernel(kernel_size, spatial_dims)
+        self.ratio = ratio
+        self.groups = groups
+        self.iterations = iterations
+        self.eps = eps
+        source_channels = ratio * channels
+        self.source_init = _POINTWISE_CONVOLUTIONS[spatial_dims](channels, source_channels, kernel_size=1)
+        self.weight = nn.Parameter(torch.empty(channels, source_channels // groups, *self.kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    @property
+    def out_channels(self) -> int:
+        return self.ratio * self.channels
+
+    def filters(self) -> Tensor:
+        """The nonnegative filter V = ReLU(W)."""
+        return F.relu(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            observation = x.float()
+            source = F.relu(self.source_init(observation))
+            return ndc_update(observation, source, self.filters(), self.groups, self.iterations, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, ratio={self.ratio}, groups={self.groups}, "
+            f"kernel_size={self.kernel_size}, iterations={self.iterations}, eps={self.eps}"
+        )

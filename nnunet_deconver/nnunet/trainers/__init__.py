@@ -1,0 +1,17 @@
+"""Every trainer class of the package; nnU-Net finds them through ``ext_trainers``."""
+
+from nnunet_deconver.nnunet.trainers.deconver import (
+    nnUNetTrainerDeconver,
+    nnUNetTrainerDeconver_demo,
+    nnUNetTrainerDeconver_k3,
+    nnUNetTrainerDeconver_k5,
+    nnUNetTrainerDeconver_smoke,
+)
+
+__all__ = [
+    "nnUNetTrainerDeconver",
+    "nnUNetTrainerDeconver_demo",
+    "nnUNetTrainerDeconver_k3",
+    "nnUNetTrainerDeconver_k5",
+    "nnUNetTrainerDeconver_smoke",
+]
