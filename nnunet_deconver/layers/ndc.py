@@ -1,8 +1,8 @@
 """Nonnegative deconvolution (NDC): papers/deconver.md, sections III.B (eq. 1-3) and III.F (eq. 7).
 
 The observation model is the grouped cross-correlation X ~ S * V of eq. (1) with zero 'same'
-padding; its adjoint X * V^- (V transposed and spatially flipped) is the transposed convolution
-with the same weights. One NDC layer refines a learned initial source with the multiplicative
+padding; its adjoint X * V^- is the cross-correlation with V transposed per group and spatially
+flipped. One NDC layer refines a learned initial source with the multiplicative
 update of eq. (7).
 """
 
@@ -16,11 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_TRANSPOSED_CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {
-    1: F.conv_transpose1d,
-    2: F.conv_transpose2d,
-    3: F.conv_transpose3d,
-}
 _POINTWISE_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -42,14 +37,32 @@ def ndc_forward_model(source: Tensor, filters: Tensor, groups: int) -> Tensor:
     return _CONVOLUTIONS[filters.dim() - 2](source, filters, padding=_same_padding(filters), groups=groups)
 
 
+def adjoint_filters(filters: Tensor, groups: int) -> Tensor:
+    """Return the adjoint filter V^- of eq. (3), V^-[d, c, m, n] = V[c, d, 2M - m, 2N - n], per group.
+
+    Args:
+        filters: (C, E / groups, *kernel) filter tensor V.
+        groups: number of channel groups G.
+
+    Returns:
+        (E, C / groups, *kernel): within each group, input and output channels swapped and the
+        kernel flipped along every spatial axis.
+    """
+    channels, group_sources, *kernel = filters.shape
+    per_group = filters.reshape(groups, channels // groups, group_sources, *kernel).transpose(1, 2)
+    return per_group.reshape(groups * group_sources, channels // groups, *kernel).flip(
+        list(range(2, filters.dim()))
+    )
+
+
 def ndc_adjoint(observation: Tensor, filters: Tensor, groups: int) -> Tensor:
     """Return X * V^-, the adjoint of :func:`ndc_forward_model` (V^- as defined under eq. 3).
 
-    Satisfies <S * V, X> = <S, X * V^-> for every S and X of matching shapes.
+    Satisfies <S * V, X> = <S, X * V^-> for every S and X of matching shapes. Computed as a
+    cross-correlation with :func:`adjoint_filters`, which on CPU is several times faster than the
+    equivalent grouped transposed convolution.
     """
-    return _TRANSPOSED_CONVOLUTIONS[filters.dim() - 2](
-        observation, filters, padding=_same_padding(filters), groups=groups
-    )
+    return ndc_forward_model(observation, adjoint_filters(filters, groups), groups)
 
 
 def ndc_update(

@@ -1,0 +1,85 @@
+"""The user's workflow through nnU-Net's own console commands, in subprocesses, on the MNI152 dataset.
+
+Nothing here sets ``nnUNet_extTrainer`` or touches sys.path: the trainers must be found through the
+installed package alone, exactly as after ``pip install``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from nnunet_deconver.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
+from nnunet_deconver.demo.nnunet_commands import NnUNetFolders
+
+pytestmark = pytest.mark.slow
+
+DATASET_ID = 991
+TRAINER = "nnUNetTrainerDeconver_smoke"
+CONFIGURATIONS = ("2d", "3d_fullres")
+
+
+def run(command: list[str], folders: NnUNetFolders) -> str:
+    """Run an nnU-Net console script of this environment; fail the test with its output on error."""
+    env = folders.environment()
+    env.pop("nnUNet_extTrainer", None)  # only the installed discovery hook may provide it
+    executable = str(Path(sys.executable).parent / command[0])
+    result = subprocess.run([executable, *command[1:]], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[NnUNetFolders, MNI152Dataset]:
+    """Plan + preprocess both configurations and train fold 0 of each with the smoke schedule."""
+    folders = NnUNetFolders.inside(tmp_path_factory.mktemp("nnunet"))
+    dataset = write_mni152_dataset(folders.raw, dataset_id=DATASET_ID, n_training=6, n_test=1)
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *CONFIGURATIONS,
+         "--verify_dataset_integrity", "-np", "1", "-npfp", "1"], folders)
+    for configuration in CONFIGURATIONS:
+        run(["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", TRAINER, "-device", "cpu"], folders)
+    return folders, dataset
+
+
+def model_folder(folders: NnUNetFolders, configuration: str) -> Path:
+    (dataset_folder,) = folders.results.glob(f"Dataset{DATASET_ID}_*")
+    return dataset_folder / f"{TRAINER}__nnUNetPlans__{configuration}"
+
+
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_training_writes_a_deconver_checkpoint(trained, configuration: str) -> None:
+    folders, _ = trained
+    checkpoint = torch.load(model_folder(folders, configuration) / "fold_0" / "checkpoint_final.pth",
+                            map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER
+    assert any(".ndc.weight" in key for key in checkpoint["network_weights"])
+    assert (model_folder(folders, configuration) / "fold_0" / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_predict_segments_held_out_cases(trained, configuration: str, tmp_path: Path) -> None:
+    folders, dataset = trained
+    output = tmp_path / "prediction"
+    run(["nnUNetv2_predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID),
+         "-c", configuration, "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], folders)
+    for case in dataset.test_cases:
+        predicted = np.asarray(nib.load(output / f"{case}.nii.gz").dataobj)
+        reference = np.asarray(nib.load(dataset.labels_ts / f"{case}.nii.gz").dataobj)
+        assert predicted.shape == reference.shape
+        assert set(np.unique(predicted)) <= {0, 1, 2}
+
+
+def test_find_best_configuration_ranks_both_configurations(trained) -> None:
+    folders, _ = trained
+    run(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", *CONFIGURATIONS, "-tr", TRAINER,
+         "-f", "0", "-np", "1"], folders)
+    (dataset_folder,) = folders.results.glob(f"Dataset{DATASET_ID}_*")
+    inference_information = (dataset_folder / "inference_information.json").read_text()
+    assert TRAINER in inference_information

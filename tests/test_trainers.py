@@ -1,0 +1,142 @@
+"""Trainer discovery after install and the networks the trainers build from nnU-Net plans."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+import nnunet_deconver
+from nnunet_deconver.architectures import DeconverUNet
+from nnunet_deconver.layers import NonnegativeDeconvolution
+from nnunet_deconver.nnunet.trainers import (
+    nnUNetTrainerDeconver,
+    nnUNetTrainerDeconver_k3,
+    nnUNetTrainerDeconver_k5,
+)
+
+EXT_FOLDER = os.path.join(os.path.dirname(nnunet_deconver.__file__), "ext_trainers")
+
+
+def python_in_fresh_process(code: str, **env_overrides: str | None) -> str:
+    """Run ``code`` in a new interpreter of this environment, as a user's shell would start it."""
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    env.update({k: v for k, v in env_overrides.items() if v is not None})
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_install_registers_the_external_trainer_folder() -> None:
+    value = python_in_fresh_process("import os; print(os.environ['nnUNet_extTrainer'])")
+    assert value.split(os.pathsep) == [EXT_FOLDER]
+
+
+def test_a_folder_the_user_set_is_kept_first_and_not_duplicated() -> None:
+    user_value = os.pathsep.join(["/opt/my_trainers", EXT_FOLDER])
+    value = python_in_fresh_process("import os; print(os.environ['nnUNet_extTrainer'])", nnUNet_extTrainer=user_value)
+    assert value == user_value
+    value = python_in_fresh_process("import os; print(os.environ['nnUNet_extTrainer'])",
+                                    nnUNet_extTrainer="/opt/my_trainers")
+    assert value.split(os.pathsep) == ["/opt/my_trainers", EXT_FOLDER]
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerDeconver", "nnUNetTrainerDeconver_k3", "nnUNetTrainerDeconver_k5"])
+def test_nnunet_finds_the_trainers_by_name(name: str) -> None:
+    code = (
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+        f"cls = find('{name}')\nprint(cls.__module__ + '.' + cls.__qualname__)"
+    )
+    assert python_in_fresh_process(code).splitlines()[-1] == f"nnunet_deconver.nnunet.trainers.deconver.{name}"
+
+
+def configuration(spatial_dims: int) -> ConfigurationManager:
+    """A plans configuration as nnU-Net writes it (anisotropic in 3-D)."""
+    if spatial_dims == 3:
+        arch = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
+                "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]]}
+        patch = [8, 16, 16]
+    else:
+        arch = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv2d",
+                "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]]}
+        patch = [16, 24]
+    arch.update(n_conv_per_stage=[2, 2, 2], n_conv_per_stage_decoder=[2, 2], conv_bias=True,
+                norm_op="torch.nn.modules.instancenorm.InstanceNorm3d", norm_op_kwargs={"eps": 1e-5, "affine": True})
+    return ConfigurationManager({
+        "patch_size": patch,
+        "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                         "arch_kwargs": arch, "_kw_requires_import": ["conv_op", "norm_op"]},
+    })
+
+
+def ndc_kernels(network: torch.nn.Module) -> list[tuple[int, ...]]:
+    return [m.kernel_size for m in network.modules() if isinstance(m, NonnegativeDeconvolution)]
+
+
+@pytest.mark.parametrize(
+    ("trainer", "spatial_dims", "first_kernel", "deep_kernel"),
+    [
+        (nnUNetTrainerDeconver, 3, (1, 3, 3), (3, 3, 3)),
+        (nnUNetTrainerDeconver, 2, (5, 5), (5, 5)),
+        (nnUNetTrainerDeconver_k3, 2, (3, 3), (3, 3)),
+        (nnUNetTrainerDeconver_k5, 3, (1, 5, 5), (5, 5, 5)),
+    ],
+)
+def test_trainers_build_deconver_from_plans(trainer, spatial_dims, first_kernel, deep_kernel) -> None:
+    config = configuration(spatial_dims)
+    network = trainer.build_network_architecture(None, config, 2, 3, enable_deep_supervision=True)
+    assert isinstance(network, DeconverUNet)
+    kernels = ndc_kernels(network)
+    assert kernels[0] == first_kernel and kernels[-2] == deep_kernel
+    outputs = network(torch.rand(1, 2, *config.patch_size))
+    assert [tuple(o.shape[2:]) for o in outputs][0] == tuple(config.patch_size)
+    assert all(o.shape[1] == 3 for o in outputs) and len(outputs) == 2
+
+
+def test_predictor_style_call_loads_a_training_checkpoint_strictly() -> None:
+    """nnU-Net's predictor rebuilds with deep supervision off and loads the weights strictly."""
+    config = configuration(3)
+    trained = nnUNetTrainerDeconver.build_network_architecture(None, config, 1, 2, True)
+    rebuilt = nnUNetTrainerDeconver.build_network_architecture(None, config, 1, 2, enable_deep_supervision=False)
+    rebuilt.load_state_dict(trained.state_dict(), strict=True)
+    x = torch.rand(1, 1, *config.patch_size)
+    torch.testing.assert_close(rebuilt(x), trained(x)[0])
+
+
+def test_plans_without_topology_get_a_clear_error() -> None:
+    config = configuration(2)
+    del config.configuration["architecture"]["arch_kwargs"]["strides"]
+    with pytest.raises(ValueError, match="strides"):
+        nnUNetTrainerDeconver.build_network_architecture(None, config, 1, 2, True)
+
+
+@pytest.mark.parametrize("wrapper", ["plain", "ddp", "compile"])
+def test_nnunet_toggles_deep_supervision_through_wrappers(wrapper: str, tmp_path) -> None:
+    """nnU-Net's own set_deep_supervision_enabled must reach our decoder through DDP and torch.compile."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    config = configuration(2)
+    network = nnUNetTrainerDeconver.build_network_architecture(None, config, 1, 2, enable_deep_supervision=True)
+    wrapped = network
+    if wrapper == "ddp":
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+        wrapped = torch.nn.parallel.DistributedDataParallel(network)
+    elif wrapper == "compile":
+        wrapped = torch.compile(network, backend="eager")
+    try:
+        x = torch.rand(1, 1, *config.patch_size)
+        fake_trainer = SimpleNamespace(is_ddp=wrapper == "ddp", network=wrapped)
+        nnUNetTrainer.set_deep_supervision_enabled(fake_trainer, False)
+        assert isinstance(wrapped(x), torch.Tensor)
+        nnUNetTrainer.set_deep_supervision_enabled(fake_trainer, True)
+        assert isinstance(wrapped(x), list)
+    finally:
+        if wrapper == "ddp":
+            dist.destroy_process_group()
