@@ -124,7 +124,7 @@ def write_mni152_dataset(raw_folder: Path, dataset_id: int = 990, dataset_name: 
             labels = volume.labels[:, :, start:start + slab_thickness]
             affine = volume.affine @ _translation(0, 0, start)
             _save(image.astype(np.float32), affine, folder / f"images{split}" / f"{case}_0000{FILE_ENDING}")
-            _save(labels.astype(np.uint8), affine, folder / f"labels{split}" / f"{case}{FILE_ENDING}")
+            _save(labels, affine, folder / f"labels{split}" / f"{case}{FILE_ENDING}")
         generate_dataset_json(
             str(folder), channel_names=dict(CHANNEL_NAMES), labels=dict(LABELS), num_training_cases=n_training,
             file_ending=FILE_ENDING, dataset_name=name,
@@ -163,10 +163,10 @@ def _check_arguments(dataset_id: int, dataset_name: str, n_training: int, n_test
 def _refuse_to_overwrite(raw_folder: Path, folder: Path, dataset_id: int) -> None:
     if folder.exists():
         raise FileExistsError(f"{folder} exists already; delete it or choose another dataset id.")
-    if raw_folder.is_dir():
-        for other in sorted(raw_folder.glob(f"Dataset{dataset_id:03d}_*")):
-            raise FileExistsError(f"nnU-Net dataset id {dataset_id} is taken by {other}; delete that folder or "
-                                  f"choose another dataset id.")
+    same_id = sorted(raw_folder.glob(f"Dataset{dataset_id:03d}_*"))  # nnU-Net finds datasets by id alone
+    if same_id:
+        raise FileExistsError(f"nnU-Net dataset id {dataset_id} is taken by {same_id[0]}; delete that folder or "
+                              f"choose another dataset id.")
 
 
 def _brain_volume(resolution_mm: float) -> _Volume:

@@ -96,8 +96,9 @@ class NonnegativeDeconvolution(nn.Module):
     The input X (B, C, *spatial) must be nonnegative. The initial source is
     S^(0) = ReLU(PointwiseConv(X)) with R*C channels, the filter is V = ReLU(W) with W
     Kaiming-uniform initialised and shared by V and its adjoint V^-, and the output is the updated
-    source S^(iterations) with R*C channels. Everything runs in float32, also inside autocast,
-    because the division of eq. (7) is not representable in half precision (eps = 1e-8 underflows).
+    source S^(iterations) with R*C channels. Everything runs in float32 (float64 for a float64
+    module), also inside autocast or for half-precision parameters, because the division of eq. (7)
+    is not representable in half precision (eps = 1e-8 underflows).
 
     Args:
         channels: input channels C.
@@ -151,10 +152,14 @@ class NonnegativeDeconvolution(nn.Module):
         return F.relu(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)  # float32, or float64 after .double()
         with torch.autocast(device_type=x.device.type, enabled=False):
-            observation = x.float()
-            source = F.relu(self.source_init(observation))
-            return ndc_update(observation, source, self.filters(), self.groups, self.iterations, self.eps)
+            observation = x.to(dtype)
+            initial = self.source_init
+            source = F.relu(
+                _CONVOLUTIONS[self.spatial_dims](observation, initial.weight.to(dtype), initial.bias.to(dtype))
+            )
+            return ndc_update(observation, source, self.filters().to(dtype), self.groups, self.iterations, self.eps)
 
     def extra_repr(self) -> str:
         return (
