@@ -38,13 +38,14 @@ def run(command: list[str], folders: NnUNetFolders) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[NnUNetFolders, MNI152Dataset]:
-    """Plan + preprocess both configurations and train fold 0 of each with the smoke schedule."""
+    """Plan + preprocess both configurations and train fold 0 of each (--npz, which ensembling needs)."""
     folders = NnUNetFolders.inside(tmp_path_factory.mktemp("nnunet"))
     dataset = write_mni152_dataset(folders.raw, dataset_id=DATASET_ID, n_training=6, n_test=1)
     run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *CONFIGURATIONS,
          "--verify_dataset_integrity", "-np", "1", "-npfp", "1"], folders)
     for configuration in CONFIGURATIONS:
-        run(["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", TRAINER, "-device", "cpu"], folders)
+        run(["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", TRAINER, "-device", "cpu", "--npz"],
+            folders)
     return folders, dataset
 
 
