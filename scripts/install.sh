@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 "$VENV/bin/python" -m pip install --quiet ".[test]"
 "$VENV/bin/python" -m pip list 2>/dev/null | grep -E "^(torch|torchvision|nnunetv2|nnunet-deconver) "

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-PROGRESS_LINE = re.compile(r": (Epoch \d+|train_loss .*|val_loss .*|Pseudo dice .*|Epoch time: .*)$")
+EPOCH_FIELDS = {
+    "epoch": re.compile(r": Epoch (\d+)$"),
+    "train loss": re.compile(r": train_loss (\S+)$"),
+    "val loss": re.compile(r": val_loss (\S+)$"),
+    "pseudo Dice": re.compile(r": Pseudo dice \[(.*)\]$"),
+    "time": re.compile(r": Epoch time: (\S+) s$"),
+}
+NUMPY_SCALAR = re.compile(r"np\.\w+\(([^)]*)\)")  # nnU-Net logs Dice values as np.float32(0.81)
 
 # nnU-Net starts many worker processes by default, each importing torch; on small machines a
 # couple of workers is much faster. Values the user set win.
@@ -46,6 +53,28 @@ class NnUNetFolders:
         return env
 
 
+class EpochProgress:
+    """Condenses nnU-Net's per-epoch log lines into one printed line per epoch."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+
+    def read(self, line: str) -> None:
+        for name, pattern in EPOCH_FIELDS.items():
+            match = pattern.search(line)
+            if match:
+                self.fields[name] = NUMPY_SCALAR.sub(r"\1", match.group(1)).replace(",", "")
+                if name == "time":
+                    self.print_and_reset()
+                return
+
+    def print_and_reset(self) -> None:
+        epoch = self.fields.pop("epoch", "?")
+        details = " | ".join(f"{name} {value}" for name, value in self.fields.items())
+        print(f"      epoch {epoch}: {details} s", flush=True)
+        self.fields = {}
+
+
 class StageRunner:
     """Runs numbered stages and prints ``[i/n] title`` plus the elapsed time of each."""
 
@@ -68,7 +97,7 @@ class StageRunner:
         """Run one nnU-Net console command as a stage; raise :class:`CommandFailed` on error."""
         started = self.announce(f"{title}: {' '.join(command)}")
         self.log_folder.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_folder / f"{self.done:02d}_{command[0]}.log"
+        log_path = self.log_folder / f"{self.done:02d}_{Path(command[0]).name}.log"
         with open(log_path, "w") as log, subprocess.Popen(
             list(command),
             env=self.folders.environment(),
@@ -78,14 +107,13 @@ class StageRunner:
             bufsize=1,
         ) as process:
             assert process.stdout is not None
+            epoch = EpochProgress()
             for line in process.stdout:
                 log.write(line)
-                match = PROGRESS_LINE.search(line.rstrip())
-                if match:
-                    print(f"      {match.group(1)}", flush=True)
+                epoch.read(line.rstrip())
         if process.returncode != 0:
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
-            raise CommandFailed(f"{command[0]} failed (exit code {process.returncode}); full log: {log_path}\n{tail}")
+            raise CommandFailed(f"{Path(command[0]).name} failed (exit code {process.returncode}); full log: {log_path}\n{tail}")
         self.finish(started)
 
 

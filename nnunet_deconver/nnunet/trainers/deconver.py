@@ -67,4 +67,4 @@ class nnUNetTrainerDeconver_smoke(ScheduleOverride, nnUNetTrainerDeconver):
 class nnUNetTrainerDeconver_demo(ScheduleOverride, nnUNetTrainerDeconver):
     """The short CPU schedule of ``nnunet-deconver demo`` (minutes on 2 cores)."""
 
-    schedule = (8, 25, 5)
+    schedule = (12, 25, 5)
