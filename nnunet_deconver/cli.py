@@ -27,13 +27,61 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="device for training and prediction (default: cpu)")
 
 
+def _add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="write a plans file whose configurations use a preset architecture (train/predict with -p NAME)",
+        description="Reads nnUNet_preprocessed/DatasetXXX/<source plans>.json (written by "
+        "nnUNetv2_plan_and_preprocess) and writes <name>.json next to it, with each configuration's "
+        "architecture taken from the preset of its dimension. Preprocessed data is shared, nothing is overwritten.",
+    )
+    parser.add_argument("-d", "--dataset", required=True, help="dataset name or id, as for nnU-Net's -d")
+    parser.add_argument("--preset", action="append", required=True,
+                        help="preset name (see `nnunet-deconver presets`) or path to a preset JSON; "
+                        "at most one 2D and one 3D preset")
+    parser.add_argument("-p", "--source-plans", default="nnUNetPlans", help="plans to derive from (default: nnUNetPlans)")
+    parser.add_argument("-o", "--plans-name", default=None,
+                        help="name of the new plans, used with nnU-Net's -p (default: nnUNetDeconverPlans)")
+
+
+def _run_plan(args: argparse.Namespace) -> None:
+    from nnunet_deconver.nnunet.derived_plans import DEFAULT_DERIVED_PLANS, write_derived_plans
+    from nnunet_deconver.nnunet.presets import load_preset
+
+    presets = [load_preset(name) for name in args.preset]
+    plans_name = args.plans_name or DEFAULT_DERIVED_PLANS
+    target = write_derived_plans(args.dataset, presets, args.source_plans, plans_name)
+    print(f"wrote {target}")
+    for preset in presets:
+        print(f"  {preset.dimension}D configurations: {preset.name} ({preset.description})")
+    print(f"use it with: nnUNetv2_train {args.dataset} <configuration> <fold> -p {plans_name} "
+          f"[-tr nnUNetTrainerDeconver], and the same -p for nnUNetv2_predict")
+
+
+def _run_presets() -> None:
+    from nnunet_deconver.nnunet.presets import available_presets, load_preset
+
+    for name in available_presets():
+        preset = load_preset(name)
+        print(f"{name:<22} {preset.dimension}D  {preset.description}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nnunet-deconver", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(subparsers)
+    _add_plan_parser(subparsers)
+    subparsers.add_parser("presets", help="list the shipped architecture presets")
     args = parser.parse_args(argv)
 
-    if args.command == "demo":
+    if args.command == "plan":
+        try:
+            _run_plan(args)
+        except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+            parser.exit(2, f"nnunet-deconver plan: error: {error}\n")
+    elif args.command == "presets":
+        _run_presets()
+    elif args.command == "demo":
         from nnunet_deconver.demo.pipeline import DemoSettings, run_demo
 
         try:

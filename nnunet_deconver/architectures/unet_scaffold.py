@@ -131,8 +131,20 @@ class UNetDecoder(nn.Module):
             if self.deep_supervision or index == last:
                 outputs.append(head(x))
         if not self.deep_supervision:
-            return outputs[-1]
+            return self._with_idle_heads_in_graph(outputs[-1])
         return outputs[::-1]
+
+    def _with_idle_heads_in_graph(self, logits: Tensor) -> Tensor:
+        """Add 0 x (parameters of the unused low-resolution heads) when gradients are recorded.
+
+        Without deep supervision those heads take no part in the forward pass, and
+        DistributedDataParallel with ``find_unused_parameters=False`` (nnU-Net's setting) would stop
+        with an error. The term is exactly zero and gives them zero gradients; inference skips it.
+        """
+        if not torch.is_grad_enabled():
+            return logits
+        idle = [p for head in self.heads[:-1] for p in head.parameters() if p.requires_grad]
+        return logits + 0.0 * sum(p.sum() for p in idle) if idle else logits
 
 
 class UNetScaffold(nn.Module):

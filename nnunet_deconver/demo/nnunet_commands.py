@@ -95,7 +95,7 @@ class StageRunner:
 
     def run(self, title: str, command: Sequence[str]) -> None:
         """Run one nnU-Net console command as a stage; raise :class:`CommandFailed` on error."""
-        started = self.announce(f"{title}: {' '.join(command)}")
+        started = self.announce(f"{title}: {' '.join([Path(command[0]).name, *command[1:]])}")
         self.log_folder.mkdir(parents=True, exist_ok=True)
         log_path = self.log_folder / f"{self.done:02d}_{Path(command[0]).name}.log"
         with open(log_path, "w") as log, subprocess.Popen(

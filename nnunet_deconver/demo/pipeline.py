@@ -52,12 +52,13 @@ def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
         FileExistsError: if ``settings.workdir`` already exists (nothing is ever overwritten).
         CommandFailed: if an nnU-Net command fails (the message names its log file).
     """
-    if settings.workdir.exists():
+    workdir = settings.workdir.resolve()
+    if workdir.exists():
         raise FileExistsError(
-            f"The demo folder {settings.workdir} exists already; delete it or pass another --workdir."
+            f"The demo folder {workdir} exists already; delete it or pass another --workdir."
         )
-    folders = NnUNetFolders.inside(settings.workdir)
-    runner = StageRunner(2 + 3 * len(settings.configurations), folders, settings.workdir / "logs")
+    folders = NnUNetFolders.inside(workdir)
+    runner = StageRunner(2 + 3 * len(settings.configurations), folders, workdir / "logs")
 
     started = runner.announce("building the MNI152 tissue dataset from nilearn's template")
     dataset = write_mni152_dataset(folders.raw, dataset_id=settings.dataset_id)
@@ -72,7 +73,7 @@ def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
     labels = json.loads((dataset.folder / "dataset.json").read_text())["labels"]
     results: dict[str, dict[str, float]] = {}
     for configuration in settings.configurations:
-        prediction_folder = settings.workdir / "predictions" / configuration
+        prediction_folder = workdir / "predictions" / configuration
         runner.run(f"training {configuration}", [
             console_script("nnUNetv2_train"), dataset_id, configuration, settings.fold, "-tr", settings.trainer,
             "-device", settings.device,

@@ -153,7 +153,7 @@ class NonnegativeDeconvolution(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = torch.promote_types(self.weight.dtype, torch.float32)  # float32, or float64 after .double()
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with torch.autocast(device_type="cpu" if x.is_meta else x.device.type, enabled=False):  # meta: profiling
             observation = x.to(dtype)
             initial = self.source_init
             source = F.relu(

@@ -84,3 +84,22 @@ def test_find_best_configuration_ranks_both_configurations(trained) -> None:
     (dataset_folder,) = folders.results.glob(f"Dataset{DATASET_ID}_*")
     inference_information = (dataset_folder / "inference_information.json").read_text()
     assert TRAINER in inference_information
+
+
+def test_derived_plans_train_and_predict_with_p(trained, tmp_path: Path) -> None:
+    """nnunet-deconver plan -> nnUNetv2_train/-predict with -p: the preset's network, shared preprocessed data."""
+    folders, dataset = trained
+    plan_output = run(["nnunet-deconver", "plan", "-d", str(DATASET_ID), "--preset", "deconver-2d-k3",
+                       "--preset", "deconver-3d-k5"], folders)
+    assert "nnUNetDeconverPlans.json" in plan_output
+    run(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-p", "nnUNetDeconverPlans", "-tr", TRAINER, "-device", "cpu"],
+        folders)
+    (dataset_folder,) = folders.results.glob(f"Dataset{DATASET_ID}_*")
+    checkpoint = torch.load(dataset_folder / f"{TRAINER}__nnUNetDeconverPlans__2d" / "fold_0" / "checkpoint_final.pth",
+                            map_location="cpu", weights_only=False)
+    ndc_shapes = {tuple(v.shape[2:]) for k, v in checkpoint["network_weights"].items() if k.endswith(".ndc.weight")}
+    assert ndc_shapes == {(3, 3)}  # the preset's kernel, not the trainer's 2-D default of 5
+    output = tmp_path / "prediction"
+    run(["nnUNetv2_predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID), "-c", "2d",
+         "-f", "0", "-p", "nnUNetDeconverPlans", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], folders)
+    assert sorted(p.name for p in output.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in dataset.test_cases]

@@ -2,6 +2,7 @@
 
 from nnunet_deconver.nnunet.trainers.deconver import (
     nnUNetTrainerDeconver,
+    nnUNetTrainerDeconver_AdamWCosine,
     nnUNetTrainerDeconver_demo,
     nnUNetTrainerDeconver_k3,
     nnUNetTrainerDeconver_k5,
@@ -10,6 +11,7 @@ from nnunet_deconver.nnunet.trainers.deconver import (
 
 __all__ = [
     "nnUNetTrainerDeconver",
+    "nnUNetTrainerDeconver_AdamWCosine",
     "nnUNetTrainerDeconver_demo",
     "nnUNetTrainerDeconver_k3",
     "nnUNetTrainerDeconver_k5",

@@ -7,9 +7,12 @@ from typing import ClassVar
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+import torch
 from torch import nn
 
 from nnunet_deconver.architectures.deconver_unet import DeconverUNet
+from nnunet_deconver.nnunet.lr_schedules import WarmupCosineLRScheduler
+from nnunet_deconver.nnunet.architecture_registry import is_plugin_architecture, validate_architecture
 from nnunet_deconver.nnunet.plans_topology import plans_topology
 from nnunet_deconver.nnunet.trainers.schedule import ScheduleOverride
 
@@ -20,7 +23,9 @@ DEFAULT_NDC_KERNEL_SIZE: dict[int, int] = {2: 5, 3: 3}
 class nnUNetTrainerDeconver(nnUNetTrainer):
     """nnU-Net's training recipe with the Deconver network built on the plans' topology.
 
-    The NDC kernel is 3 in 3-D and 5 in 2-D unless a variant sets :attr:`ndc_kernel_size`.
+    The NDC kernel is 3 in 3-D and 5 in 2-D unless a variant sets :attr:`ndc_kernel_size`. With a
+    derived plans file (``nnunet-deconver plan``, ``-p nnUNetDeconverPlans``) the network is the
+    one the plans prescribe.
     """
 
     ndc_kernel_size: ClassVar[int | None] = None
@@ -34,6 +39,10 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
         num_output_channels: int,
         enable_deep_supervision: bool = True,
     ) -> nn.Module:
+        if is_plugin_architecture(configuration_manager.network_arch_class_name):
+            return cls._build_from_plans_architecture(
+                configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision
+            )
         topology = plans_topology(configuration_manager)
         spatial_dims = convert_conv_op_to_dim(topology["conv_op"])
         kernel_size = cls.ndc_kernel_size or DEFAULT_NDC_KERNEL_SIZE[spatial_dims]
@@ -43,6 +52,32 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
             deep_supervision=enable_deep_supervision,
             ndc_kernel_size=kernel_size,
             **topology,
+        )
+
+
+    @classmethod
+    def _build_from_plans_architecture(
+        cls,
+        configuration_manager: ConfigurationManager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool,
+    ) -> nn.Module:
+        """Build what a derived plans file (``nnunet-deconver plan``) prescribes, after validating it."""
+        arch_kwargs = dict(configuration_manager.network_arch_init_kwargs)
+        network_class = validate_architecture(configuration_manager.network_arch_class_name, arch_kwargs)
+        planned_kernel = arch_kwargs.get("ndc_kernel_size")
+        if cls.ndc_kernel_size is not None and planned_kernel != cls.ndc_kernel_size:
+            raise ValueError(
+                f"{cls.__name__} uses NDC kernel {cls.ndc_kernel_size} but the plans prescribe {planned_kernel}; "
+                f"train plans files with nnUNetTrainerDeconver (or nnUNetTrainer), which follow the plans."
+            )
+        arch_kwargs["conv_op"] = plans_topology(configuration_manager)["conv_op"]
+        return network_class(
+            input_channels=num_input_channels,
+            num_classes=num_output_channels,
+            deep_supervision=enable_deep_supervision,
+            **arch_kwargs,
         )
 
 
@@ -56,6 +91,20 @@ class nnUNetTrainerDeconver_k5(nnUNetTrainerDeconver):
     """Deconver with 5 (x 5 x 5) NDC filters in 2-D and 3-D."""
 
     ndc_kernel_size = 5
+
+
+class nnUNetTrainerDeconver_AdamWCosine(nnUNetTrainerDeconver):
+    """Deconver with the paper's optimisation recipe (IV.A.3): AdamW, lr 1e-4, weight decay 1e-5,
+    cosine schedule with a 1 % warm-up (see :class:`WarmupCosineLRScheduler`)."""
+
+    learning_rate: ClassVar[float] = 1e-4
+    adamw_weight_decay: ClassVar[float] = 1e-5
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, WarmupCosineLRScheduler]:
+        optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=self.learning_rate, weight_decay=self.adamw_weight_decay
+        )
+        return optimizer, WarmupCosineLRScheduler(optimizer, self.learning_rate, self.num_epochs)
 
 
 class nnUNetTrainerDeconver_smoke(ScheduleOverride, nnUNetTrainerDeconver):
