@@ -58,6 +58,45 @@ def _run_plan(args: argparse.Namespace) -> None:
           f"[-tr nnUNetTrainerDeconver], and the same -p for nnUNetv2_predict")
 
 
+def _add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "profile",
+        help="parameters, FLOPs per voxel and activation memory, next to nnU-Net's PlainConvUNet",
+        description="Profiles a paper preset at a patch size, or a trained nnU-Net model folder at its plans' patch "
+        "and batch size, on PyTorch's meta device (no memory, seconds). FLOPs are 2 per multiply-accumulate; "
+        "'paper' leaves out the NDC-internal convolutions and counts elementwise operations (docs/deconver.md).",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="a paper preset, e.g. deconver-isles22-k3")
+    source.add_argument("-m", "--model-folder", type=Path,
+                        help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
+    parser.add_argument("--patch-size", type=int, nargs="+", help="with --preset: the input size, e.g. 64 64 64")
+    parser.add_argument("--input-channels", type=int, default=1, help="with --preset (default: 1)")
+    parser.add_argument("--num-classes", type=int, default=2, help="with --preset (default: 2)")
+    parser.add_argument("--batch-size", type=int, default=1, help="with --preset (default: 1)")
+
+
+def _run_profile(args: argparse.Namespace) -> None:
+    from nnunet_deconver.analysis.complexity import measure_complexity
+    from nnunet_deconver.analysis.report import complexity_table
+    from nnunet_deconver.nnunet.presets import load_preset
+    from nnunet_deconver.nnunet.profiling import model_folder_networks, preset_networks
+
+    if args.preset:
+        if not args.patch_size:
+            raise ValueError("--preset needs --patch-size, e.g. --patch-size 64 64 64")
+        preset = load_preset(args.preset)
+        ours, baseline = preset_networks(preset, tuple(args.patch_size), args.input_channels, args.num_classes)
+        shape = (args.batch_size, args.input_channels, *args.patch_size)
+        name = preset.name
+    else:
+        ours, baseline, shape = model_folder_networks(args.model_folder)
+        name = args.model_folder.name
+    rows = {name: measure_complexity(ours, shape), "nnU-Net PlainConvUNet, same topology": measure_complexity(baseline, shape)}
+    print(f"input (batch, channels, *patch) = {shape}")
+    print(complexity_table(rows, shape[0]))
+
+
 def _run_presets() -> None:
     from nnunet_deconver.nnunet.presets import available_presets, load_preset
 
@@ -71,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(subparsers)
     _add_plan_parser(subparsers)
+    _add_profile_parser(subparsers)
     subparsers.add_parser("presets", help="list the shipped architecture presets")
     args = parser.parse_args(argv)
 
@@ -79,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_plan(args)
         except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
             parser.exit(2, f"nnunet-deconver plan: error: {error}\n")
+    elif args.command == "profile":
+        try:
+            _run_profile(args)
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            parser.exit(2, f"nnunet-deconver profile: error: {error}\n")
     elif args.command == "presets":
         _run_presets()
     elif args.command == "demo":

@@ -1,0 +1,1 @@
+"""Measurements of networks: parameters, FLOPs, activation memory (later: impulse/frequency responses)."""

@@ -1,0 +1,18 @@
+"""Plain-text tables of :class:`Complexity` measurements."""
+
+from __future__ import annotations
+
+from nnunet_deconver.analysis.complexity import Complexity
+
+
+def complexity_table(rows: dict[str, Complexity], batch_size: int) -> str:
+    """Markdown table: parameters, FLOPs per voxel (full and paper convention), activation memory."""
+    header = ["network", "params (M)", "GFLOPs / sample", "FLOPs/voxel full (K)", "FLOPs/voxel paper (K)",
+              f"activations, batch {batch_size} (GiB)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, c in rows.items():
+        cells = [name, f"{c.parameters / 1e6:.2f}", f"{c.flops / batch_size / 1e9:.1f}",
+                 f"{c.flops_per_voxel / 1e3:.1f}", f"{c.paper_flops_per_voxel / 1e3:.1f}",
+                 f"{c.activation_bytes / 2**30:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
