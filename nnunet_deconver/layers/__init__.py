@@ -7,5 +7,14 @@ from nnunet_deconver.layers.ndc import (
     ndc_forward_model,
     ndc_update,
 )
+from nnunet_deconver.layers.ndc_function import NDCUpdateFunction, ndc_update_lean
 
-__all__ = ["NonnegativeDeconvolution", "adjoint_filters", "ndc_adjoint", "ndc_forward_model", "ndc_update"]
+__all__ = [
+    "NDCUpdateFunction",
+    "NonnegativeDeconvolution",
+    "adjoint_filters",
+    "ndc_adjoint",
+    "ndc_forward_model",
+    "ndc_update",
+    "ndc_update_lean",
+]

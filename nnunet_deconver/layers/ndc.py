@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nnunet_deconver.layers.ndc_function import initial_source_channels_last, ndc_update_lean
+
 _CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _POINTWISE_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -108,6 +110,9 @@ class NonnegativeDeconvolution(nn.Module):
         groups: number of groups G; ``None`` means G = C (the paper's default).
         iterations: number of multiplicative updates (the paper uses 1).
         eps: the positive constant of eq. (7).
+        memory_efficient: compute eq. (7) with :func:`ndc_update_lean` (hand-written backward that
+            saves only X, S0 and V, channels-last output for 2-D/3-D) instead of the plain autograd
+            graph of :func:`ndc_update`. Both give the same values and gradients.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class NonnegativeDeconvolution(nn.Module):
         groups: int | None = None,
         iterations: int = 1,
         eps: float = 1e-8,
+        memory_efficient: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONVOLUTIONS:
@@ -138,6 +144,7 @@ class NonnegativeDeconvolution(nn.Module):
         self.groups = groups
         self.iterations = iterations
         self.eps = eps
+        self.memory_efficient = memory_efficient
         source_channels = ratio * channels
         self.source_init = _POINTWISE_CONVOLUTIONS[spatial_dims](channels, source_channels, kernel_size=1)
         self.weight = nn.Parameter(torch.empty(channels, source_channels // groups, *self.kernel_size))
@@ -155,14 +162,17 @@ class NonnegativeDeconvolution(nn.Module):
         dtype = torch.promote_types(self.weight.dtype, torch.float32)  # float32, or float64 after .double()
         with torch.autocast(device_type="cpu" if x.is_meta else x.device.type, enabled=False):  # meta: profiling
             observation = x.to(dtype)
-            initial = self.source_init
-            source = F.relu(
-                _CONVOLUTIONS[self.spatial_dims](observation, initial.weight.to(dtype), initial.bias.to(dtype))
-            )
-            return ndc_update(observation, source, self.filters().to(dtype), self.groups, self.iterations, self.eps)
+            weight, bias = self.source_init.weight.to(dtype), self.source_init.bias.to(dtype)
+            filters = self.filters().to(dtype)
+            if self.memory_efficient:
+                source = initial_source_channels_last(observation, weight, bias)
+                return ndc_update_lean(observation, source, filters, self.groups, self.iterations, self.eps)
+            source = F.relu(_CONVOLUTIONS[self.spatial_dims](observation, weight, bias))
+            return ndc_update(observation, source, filters, self.groups, self.iterations, self.eps)
 
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, ratio={self.ratio}, groups={self.groups}, "
-            f"kernel_size={self.kernel_size}, iterations={self.iterations}, eps={self.eps}"
+            f"kernel_size={self.kernel_size}, iterations={self.iterations}, eps={self.eps}, "
+            f"memory_efficient={self.memory_efficient}"
         )

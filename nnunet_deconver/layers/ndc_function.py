@@ -1,0 +1,359 @@
+"""Memory-lean NDC update, eq. (7) of papers/deconver.md section III.F, with a hand-written backward.
+
+Notation (per group, section III.B): F(S) = S * V is the forward model of eq. (1), A(X) = X * V^- its
+adjoint (A^T = F, F^T = A). One update of eq. (7) is
+
+    N = A(X) + eps,   Y = F(S),   D = A(Y) + eps,   S1 = S * N / D.
+
+Backward. For g = dL/dS1 the chain rule gives dL/dN = g * S / D and dL/dD = -g * S1 / D, so
+
+    dL/dS = g * N / D + A(F(dL/dD)),     dL/dX = F(dL/dN),
+    dL/dV = K(dL/dN, X) + K(dL/dD, Y) + K(S, F(dL/dD)),
+
+where K(H, Z)[c, e, o] = sum_p H[e, p + o] Z[c, p] (c and e in the same group) is the filter
+gradient of both F and A: d<G, F_V(S)>/dV = K(S, G) and d<H, A_V(Z)>/dV = K(H, Z). All three K
+terms are therefore evaluated as weight gradients of the adjoint convolution. With
+``iterations`` > 1 the step is applied per iteration in reverse order; N is shared by all
+iterations, so their dL/dX and K(., X) terms add up.
+
+Memory. Only X, S0 and V are saved for backward. In NonnegativeDeconvolution S0 is the output
+of a ReLU, which saves that same tensor anyway, so with R = 4 the layer keeps 4U (U = numel(X))
+plus the filters beyond its input, instead of about 17U for the plain autograd graph of
+:func:`ndc_update`. Everything else (N, Y, D, S1) is recomputed in backward; for
+``iterations`` > 1 the intermediate sources are recomputed too and held, (iterations - 1) * RU,
+only while this layer's backward runs. Double backward is not supported (``once_differentiable``).
+
+Speed (CPU). Everything runs in channels-last layout, where oneDNN's grouped kernels are an
+order of magnitude faster than in NC(D)HW, and slab by slab along the first spatial axis (with
+halos of half the kernel), so the elementwise part of eq. (7) and of its backward works on
+cache-sized temporaries and the only source-sized allocations are the results. For G = C the
+forward model is a depthwise convolution over the R*C source channels followed by the sum over
+the R sources of each channel (a matrix-vector product); the adjoint convolution merges groups
+into block-diagonal groups of up to 4 input channels, which suits oneDNN's blocked kernels better
+than groups of 1 input channel. The inputs of :func:`ndc_update_lean` may have any layout; its
+output is channels-last for 2-D and 3-D inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+# A module reference, not a from-import: ndc.py imports this module for NonnegativeDeconvolution.
+from nnunet_deconver.layers import ndc
+
+_CHANNELS_LAST: dict[int, torch.memory_format] = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+_SLAB_BYTES = 16 * 2**20
+"""Target size of one slab of a source-sized tensor (R*C channels). It keeps slab temporaries
+mostly in the last-level cache and below glibc's largest mmap threshold (32 MiB), so their memory
+is recycled instead of being page-faulted anew for every slab."""
+
+_MERGED_GROUP_INPUTS = 4
+"""Merge groups of the adjoint convolution until a merged group has up to this many inputs."""
+
+_SlabIndex = tuple[int, int, int]  # batch index, first and one-past-last plane along the slab axis
+
+
+def _compute_memory_format(tensor: Tensor) -> torch.memory_format:
+    """Channels-last for (B, C, *spatial) tensors with 2 or 3 spatial axes, else contiguous."""
+    return _CHANNELS_LAST.get(tensor.dim() - 2, torch.contiguous_format)
+
+
+def _compute_layout(tensor: Tensor) -> Tensor:
+    """``tensor`` in the compute layout, copying only if needed."""
+    return tensor.contiguous(memory_format=_compute_memory_format(tensor))
+
+
+def _empty_in_compute_layout(like: Tensor, channels: int) -> Tensor:
+    """Uninitialised (B, channels, *spatial) tensor shaped after ``like``, in the compute layout."""
+    shape = (like.shape[0], channels, *like.shape[2:])
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=_compute_memory_format(like))
+
+
+def initial_source_channels_last(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """S0 = ReLU(PointwiseConv(x)) of section III.F, in channels-last layout, without copying ``x``.
+
+    The 1x1 convolution is computed as ``bias + x^T W^T`` per batch element: autograd saves only
+    a view of ``x`` (not a channels-last copy), and the result already has the layout
+    :func:`ndc_update_lean` works in. The ReLU runs in place (the product saves its inputs, not
+    its output) and saves S0 itself, the tensor :func:`ndc_update_lean` saves as well.
+
+    Args:
+        x: (B, C, *spatial) input, any layout.
+        weight: (E, C, 1, ...) weight of the pointwise convolution.
+        bias: (E,) bias.
+
+    Returns:
+        (B, E, *spatial), channels-last for 2-D and 3-D inputs. For 1-D inputs (no channels-last
+        layout) and on the meta device (profiling: FLOP counters then see a convolution) it is
+        ReLU(conv(x)) as in the plain layer.
+    """
+    if x.dim() == 3 or x.is_meta:
+        return F.relu(ndc._CONVOLUTIONS[x.dim() - 2](x, weight, bias))
+    batch, channels, *spatial = x.shape
+    columns = x.flatten(2).transpose(1, 2)  # (B, P, C) view of x
+    weight_t = weight.flatten(1).t().expand(batch, channels, weight.shape[0])
+    out = torch.baddbmm(bias, columns, weight_t).relu_()  # (B, P, E), contiguous
+    return out.unflatten(1, spatial).movedim(-1, 1)
+
+
+def _autocast_disabled(tensor: Tensor) -> torch.autocast:
+    """Context disabling autocast on ``tensor``'s device (meta, which has no autocast, as CPU)."""
+    return torch.autocast("cpu" if tensor.is_meta else tensor.device.type, enabled=False)
+
+
+def _slabs(tensor: Tensor) -> Iterator[_SlabIndex]:
+    """Split (B, E, depth, ...) into slabs of whole planes of about ``_SLAB_BYTES`` each."""
+    batch, channels, depth, *rest = tensor.shape
+    plane_bytes = channels * math.prod(rest) * tensor.element_size()
+    planes = max(1, min(depth, _SLAB_BYTES // max(1, plane_bytes)))
+    for b in range(batch):
+        for start in range(0, depth, planes):
+            yield b, start, min(depth, start + planes)
+
+
+def _slab(tensor: Tensor, index: _SlabIndex) -> Tensor:
+    b, start, stop = index
+    return tensor[b : b + 1, :, start:stop]
+
+
+def _halo(tensor: Tensor, index: _SlabIndex, halo: int) -> Tensor:
+    """Planes ``start - halo`` .. ``stop + halo`` of one batch element, zero beyond the borders."""
+    b, start, stop = index
+    depth = tensor.shape[2]
+    low, high = max(0, start - halo), min(depth, stop + halo)
+    slab = tensor[b : b + 1, :, low:high]
+    if low > start - halo or high < stop + halo:
+        slab = F.pad(slab, [0, 0] * (tensor.dim() - 3) + [low - (start - halo), stop + halo - high])
+    return slab
+
+
+def _merge_factor(groups: int, inputs_per_group: int) -> int:
+    """Largest divisor of ``groups`` with ``factor * inputs_per_group <= _MERGED_GROUP_INPUTS``."""
+    limit = max(1, _MERGED_GROUP_INPUTS // inputs_per_group)
+    return max(f for f in range(1, min(groups, limit) + 1) if groups % f == 0)
+
+
+def _merge_groups(weight: Tensor, groups: int, factor: int) -> Tensor:
+    """Grouped-conv weight with ``factor`` consecutive groups merged into block-diagonal groups.
+
+    The merged convolution (``groups // factor`` groups) computes the same result: the added
+    weights are zeros.
+    """
+    out_channels, inputs, *kernel = weight.shape
+    blocks = weight.reshape(groups // factor, factor, out_channels // groups, inputs, *kernel)
+    merged = weight.new_zeros(groups // factor, factor, out_channels // groups, factor, inputs, *kernel)
+    merged.diagonal(dim1=1, dim2=3).copy_(blocks.movedim(1, -1))
+    return merged.reshape(out_channels, factor * inputs, *kernel)
+
+
+def _split_groups(merged: Tensor, groups: int, factor: int) -> Tensor:
+    """Inverse of :func:`_merge_groups`: the diagonal blocks (used to map weight gradients back)."""
+    out_channels, merged_inputs, *kernel = merged.shape
+    blocks = merged.reshape(groups // factor, factor, out_channels // groups, factor, merged_inputs // factor, *kernel)
+    return blocks.diagonal(dim1=1, dim2=3).movedim(-1, 1).reshape(out_channels, merged_inputs // factor, *kernel)
+
+
+class _Operators:
+    """F (forward model), A (adjoint) and the filter gradient K of one call, on slabs.
+
+    Args:
+        filters: (C, E / G, *kernel) filter tensor V in the compute dtype.
+        groups: number of groups G.
+        eps: the constant of eq. (7), added to A's output as a convolution bias.
+        track_filter_grad: whether :meth:`accumulate_filter_grad` should accumulate dL/dV.
+    """
+
+    def __init__(self, filters: Tensor, groups: int, eps: float, track_filter_grad: bool) -> None:
+        channels, group_sources, *kernel = filters.shape
+        self.channels = channels
+        self.groups = groups
+        self.halo = kernel[0] // 2
+        self.padding_rest = [size // 2 for size in kernel[1:]]
+        self.convolution = ndc._CONVOLUTIONS[filters.dim() - 2]
+        # F: for G = C in channels-last layout, a depthwise convolution over the E source channels
+        # followed by a sum over the R sources of each channel; otherwise the grouped convolution.
+        self.depthwise = groups == channels and filters.dim() > 3
+        self.sources_per_channel = group_sources
+        forward_filters = filters.reshape(channels * group_sources, 1, *kernel) if self.depthwise else filters
+        self.forward_filters = _compute_layout(forward_filters)
+        self.forward_groups = channels * group_sources if self.depthwise else groups
+        # A: cross-correlation with V^- (see ndc_adjoint), with merged groups.
+        self.merge = _merge_factor(groups, channels // groups)
+        self.adjoint_groups = groups // self.merge
+        self.adjoint_filters = _compute_layout(_merge_groups(ndc.adjoint_filters(filters, groups), groups, self.merge))
+        self.eps_bias = filters.new_full((self.adjoint_filters.shape[0],), eps)
+        self.adjoint_filter_grad = torch.zeros_like(self.adjoint_filters) if track_filter_grad else None
+
+    def _conv(self, inp: Tensor, weight: Tensor, groups: int, depth_padding: int, bias: Tensor | None = None) -> Tensor:
+        return self.convolution(inp, weight, bias, padding=[depth_padding, *self.padding_rest], groups=groups)
+
+    def forward_model(self, halo_slab: Tensor, depth_padding: int = 0) -> Tensor:
+        """F on a slab read with its halo (``depth_padding`` extra planes of zeros on both sides)."""
+        out = self._conv(halo_slab, self.forward_filters, self.forward_groups, depth_padding)
+        if not self.depthwise:
+            return out
+        per_source = out.movedim(1, -1)  # channels-last: a contiguous (..., E) view
+        summed = per_source.reshape(-1, self.sources_per_channel).mv(out.new_ones(self.sources_per_channel))
+        return summed.view(*per_source.shape[:-1], -1).movedim(-1, 1)
+
+    def adjoint(self, halo_slab: Tensor, add_eps: bool) -> Tensor:
+        """A on a slab read with its halo, plus eps if ``add_eps`` (a fresh, writable tensor)."""
+        return self._conv(halo_slab, self.adjoint_filters, self.adjoint_groups, 0, self.eps_bias if add_eps else None)
+
+    def full_forward_model(self, source: Tensor) -> Tensor:
+        """Y = F(S) for the whole source, slab by slab."""
+        out = _empty_in_compute_layout(source, self.channels)
+        for index in _slabs(source):
+            _slab(out, index).copy_(self.forward_model(_halo(source, index, self.halo)))
+        return out
+
+    def scatter_forward_model(self, target: Tensor, index: _SlabIndex, slab: Tensor) -> None:
+        """target += F(slab), with ``slab`` the values of slab ``index`` and zeros elsewhere.
+
+        F of one slab reaches ``halo`` planes beyond it on each side, all added to ``target``.
+        """
+        b, start, stop = index
+        out = self.forward_model(slab, depth_padding=2 * self.halo)  # planes start - halo .. stop + halo
+        low, high = max(0, start - self.halo), min(target.shape[2], stop + self.halo)
+        offset = start - self.halo
+        target[b : b + 1, :, low:high] += out[:, :, low - offset : high - offset]
+
+    def accumulate_filter_grad(self, halo_slab: Tensor, grad: Tensor, alpha: float = 1.0) -> None:
+        """Add alpha * K(grad, halo_slab): the gradient of <grad, A(halo_slab)> w.r.t. the filters."""
+        if self.adjoint_filter_grad is None:
+            return
+        dims = grad.dim() - 2
+        _, weight_grad, _ = torch.ops.aten.convolution_backward(
+            grad, halo_slab, self.adjoint_filters, None, [1] * dims, [0, *self.padding_rest], [1] * dims,
+            False, [0] * dims, self.adjoint_groups, [False, True, False],
+        )
+        self.adjoint_filter_grad.add_(weight_grad, alpha=alpha)
+
+    def filter_grad(self) -> Tensor:
+        """dL/dV from the accumulated gradient w.r.t. the (merged) adjoint filters."""
+        assert self.adjoint_filter_grad is not None
+        # V -> V^- is a permutation and an involution, so it maps the gradient back as well.
+        return ndc.adjoint_filters(_split_groups(self.adjoint_filter_grad, self.groups, self.merge), self.groups)
+
+
+def _update_step(ops: _Operators, observation: Tensor, source: Tensor) -> Tensor:
+    """One update of eq. (7): S * (X * V^- + eps) / ((S * V) * V^- + eps)."""
+    forward = ops.full_forward_model(source)
+    out = torch.empty_like(source)
+    for index in _slabs(source):
+        ratio = ops.adjoint(_halo(observation, index, ops.halo), add_eps=True)
+        ratio.div_(ops.adjoint(_halo(forward, index, ops.halo), add_eps=True))
+        torch.mul(_slab(source, index), ratio, out=_slab(out, index))
+    return out
+
+
+def _update_step_backward(
+    ops: _Operators, grad: Tensor, observation: Tensor, source: Tensor, grad_observation: Tensor | None
+) -> Tensor:
+    """dL/dS of one update of eq. (7) given g = dL/dS1 (formulas in the module docstring).
+
+    Adds dL/dX to ``grad_observation`` (unless None) and the filter gradient to ``ops``.
+    """
+    forward = ops.full_forward_model(source)
+    grad_source = torch.empty_like(source)
+    forward_of_minus_grad_denominator = torch.zeros_like(forward)  # F(g * S1 / D) = -F(dL/dD)
+    for index in _slabs(source):
+        observation_halo = _halo(observation, index, ops.halo)
+        forward_halo = _halo(forward, index, ops.halo)
+        ratio = ops.adjoint(observation_halo, add_eps=True)
+        work = ops.adjoint(forward_halo, add_eps=True)
+        ratio.div_(work)  # N / D
+        grad_slab = _slab(grad, index)
+        torch.mul(grad_slab, ratio, out=_slab(grad_source, index))  # the direct term g * N / D
+        torch.div(grad_slab, work, out=work).mul_(_slab(source, index))  # dL/dN = g * S / D
+        if grad_observation is not None:
+            ops.scatter_forward_model(grad_observation, index, work)  # dL/dX = F(dL/dN)
+        ops.accumulate_filter_grad(observation_halo, work)  # + K(dL/dN, X)
+        work.mul_(ratio)  # g * S1 / D = -dL/dD
+        ops.scatter_forward_model(forward_of_minus_grad_denominator, index, work)
+        ops.accumulate_filter_grad(forward_halo, work, alpha=-1.0)  # + K(dL/dD, Y)
+    for index in _slabs(source):
+        halo_slab = _halo(forward_of_minus_grad_denominator, index, ops.halo)
+        _slab(grad_source, index).sub_(ops.adjoint(halo_slab, add_eps=False))  # + A(F(dL/dD))
+        ops.accumulate_filter_grad(halo_slab, _slab(source, index), alpha=-1.0)  # + K(S, F(dL/dD))
+    return grad_source
+
+
+class NDCUpdateFunction(torch.autograd.Function):
+    """Eq. (7) applied ``iterations`` times, saving only X, S0 and V for backward.
+
+    Same inputs and result as :func:`ndc_update`; the backward is derived in the module docstring.
+    Computes in float32 or float64 (the promoted dtype of the inputs, at least float32) with
+    autocast disabled. On the meta device (shape, FLOP and memory profiling) the forward evaluates
+    :func:`ndc_update` instead, so FLOP counters see the operations of eq. (7) rather than this
+    implementation's (which adds zero blocks to merged groups); what is saved is the same.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        observation: Tensor,
+        source: Tensor,
+        filters: Tensor,
+        groups: int,
+        iterations: int,
+        eps: float,
+    ) -> Tensor:
+        dtype = torch.promote_types(torch.promote_types(observation.dtype, source.dtype), filters.dtype)
+        dtype = torch.promote_types(dtype, torch.float32)
+        with _autocast_disabled(observation):
+            if observation.is_meta:  # shapes only (profiling): let FLOP counters see the ops of eq. (7)
+                out = ndc.ndc_update(observation.to(dtype), source.to(dtype), filters.to(dtype), groups, iterations, eps)
+            else:
+                ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=False)
+                obs = _compute_layout(observation.to(dtype))
+                out = _compute_layout(source.to(dtype))
+                for _ in range(iterations):
+                    out = _update_step(ops, obs, out)
+        ctx.save_for_backward(observation, source, filters)
+        ctx.groups, ctx.iterations, ctx.eps, ctx.dtype = groups, iterations, eps, dtype  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        observation, source, filters = ctx.saved_tensors
+        need_observation, need_source, need_filters = ctx.needs_input_grad[:3]
+        with _autocast_disabled(observation):
+            ops = _Operators(filters.to(ctx.dtype), ctx.groups, ctx.eps, track_filter_grad=need_filters)
+            obs = _compute_layout(observation.to(ctx.dtype))
+            sources = [_compute_layout(source.to(ctx.dtype))]
+            for _ in range(ctx.iterations - 1):  # intermediate sources, alive during this backward only
+                sources.append(_update_step(ops, obs, sources[-1]))
+            grad_obs = torch.zeros_like(obs) if need_observation else None  # summed over the iterations
+            grad = _compute_layout(grad_output.to(ctx.dtype))
+            while sources:
+                grad = _update_step_backward(ops, grad, obs, sources.pop(), grad_obs)
+        return (
+            grad_obs.to(observation.dtype) if grad_obs is not None else None,
+            grad.to(source.dtype) if need_source else None,
+            ops.filter_grad().to(filters.dtype) if need_filters else None,
+            None,
+            None,
+            None,
+        )
+
+
+def ndc_update_lean(
+    observation: Tensor, source: Tensor, filters: Tensor, groups: int, iterations: int, eps: float
+) -> Tensor:
+    """:func:`ndc_update` (eq. 7) with the memory-lean hand-written backward of :class:`NDCUpdateFunction`.
+
+    Saves only ``observation``, ``source`` and ``filters`` for backward and recomputes the rest.
+    The result equals :func:`ndc_update` up to floating-point round-off; it is channels-last for
+    2-D and 3-D inputs. Not twice differentiable.
+    """
+    return NDCUpdateFunction.apply(observation, source, filters, groups, iterations, eps)
