@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from nnunet_deconver.analysis.memory import saved_tensor_bytes
 from nnunet_deconver.layers import NonnegativeDeconvolution
 
 THREADS = 2
@@ -66,18 +67,9 @@ class Result:
 
 def _saved_bytes(module: nn.Module, x: Tensor) -> tuple[int, Tensor]:
     """Bytes of the distinct storages autograd saves in ``module(x)``, without x's own storage."""
-    storages: dict[int, int] = {}
-    excluded = x.untyped_storage().data_ptr()
-
-    def pack(tensor: Tensor) -> Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() != excluded:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = module(x)
-    return sum(storages.values()), out.detach()
+    outputs: list[Tensor] = []
+    saved = saved_tensor_bytes(lambda: outputs.append(module(x)), exclude=[x])
+    return saved, outputs[0].detach()
 
 
 def _median_time(run: Callable[[], None], repeats: int) -> float:

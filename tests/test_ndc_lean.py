@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 import nnunet_deconver.layers.ndc_function as ndc_function
+from nnunet_deconver.analysis.memory import saved_tensor_bytes
 from nnunet_deconver.layers import NDCUpdateFunction, NonnegativeDeconvolution, ndc_update, ndc_update_lean
 
 CHANNELS = 4
@@ -141,17 +142,7 @@ def test_double_backward_is_refused() -> None:
 
 def _saved_bytes(layer: NonnegativeDeconvolution, x: Tensor) -> int:
     """Bytes of the distinct storages saved for backward by layer(x), the input's storage excluded."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: Tensor) -> Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() != x.untyped_storage().data_ptr():
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        layer(x)
-    return sum(storages.values())
+    return saved_tensor_bytes(lambda: layer(x), exclude=[x])
 
 
 @pytest.mark.parametrize("dims,size", [(2, (32, 24)), (3, (12, 16, 10))])

@@ -14,7 +14,6 @@ FLOP conventions (both count 2 FLOPs per multiply-accumulate):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunet_deconver.analysis.memory import saved_tensor_bytes
 from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
 
 ELEMENTWISE_OPS = frozenset({
@@ -81,24 +81,6 @@ def _ndc_internal_flops(network: nn.Module) -> tuple[list[int], list[torch.utils
     return total, handles
 
 
-def saved_activation_bytes(step: Callable[[], Tensor], parameters: set[int]) -> int:
-    """Bytes of the tensors autograd keeps for backward while ``step()`` builds its graph.
-
-    Each tensor (or the base a view belongs to) counts once; parameters are excluded.
-    """
-    seen: dict[int, Tensor] = {}
-
-    def pack(tensor: Tensor) -> Tensor:
-        base = tensor if tensor._base is None else tensor._base
-        if id(base) not in parameters:
-            seen[id(base)] = base
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        step()
-    return sum(t.numel() * t.element_size() for t in seen.values())
-
-
 def measure_complexity(network: nn.Module, input_shape: tuple[int, ...], device: str = "meta") -> Complexity:
     """Profile one forward pass (FLOPs) and one loss graph (saved activations) of ``network``.
 
@@ -122,11 +104,10 @@ def measure_complexity(network: nn.Module, input_shape: tuple[int, ...], device:
         output = network(x)
         return sum(o.float().sum() for o in output) if isinstance(output, (list, tuple)) else output.float().sum()
 
-    parameters = {id(p) for p in network.parameters()}
     return Complexity(
         parameters=sum(p.numel() for p in network.parameters()),
         flops=full,
         paper_flops=full - ndc_flops[0] + elementwise.elements,
         voxels=voxels,
-        activation_bytes=saved_activation_bytes(loss, parameters),
+        activation_bytes=saved_tensor_bytes(loss, exclude=network.parameters()),
     )
