@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnunet_deconver.layers.ndc_function import initial_source_channels_last, ndc_update_lean
+from nnunet_deconver.layers.ndc_function import autocast_disabled, initial_source_channels_last, ndc_update_lean
 
 _CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _POINTWISE_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -160,7 +160,7 @@ class NonnegativeDeconvolution(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = torch.promote_types(self.weight.dtype, torch.float32)  # float32, or float64 after .double()
-        with torch.autocast(device_type="cpu" if x.is_meta else x.device.type, enabled=False):  # meta: profiling
+        with autocast_disabled(x):
             observation = x.to(dtype)
             weight, bias = self.source_init.weight.to(dtype), self.source_init.bias.to(dtype)
             filters = self.filters().to(dtype)

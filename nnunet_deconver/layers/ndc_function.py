@@ -104,7 +104,7 @@ def initial_source_channels_last(x: Tensor, weight: Tensor, bias: Tensor) -> Ten
     return out.unflatten(1, spatial).movedim(-1, 1)
 
 
-def _autocast_disabled(tensor: Tensor) -> torch.autocast:
+def autocast_disabled(tensor: Tensor) -> torch.autocast:
     """Context disabling autocast on ``tensor``'s device (meta, which has no autocast, as CPU)."""
     return torch.autocast("cpu" if tensor.is_meta else tensor.device.type, enabled=False)
 
@@ -309,7 +309,7 @@ class NDCUpdateFunction(torch.autograd.Function):
     ) -> Tensor:
         dtype = torch.promote_types(torch.promote_types(observation.dtype, source.dtype), filters.dtype)
         dtype = torch.promote_types(dtype, torch.float32)
-        with _autocast_disabled(observation):
+        with autocast_disabled(observation):
             if observation.is_meta:  # shapes only (profiling): let FLOP counters see the ops of eq. (7)
                 out = ndc.ndc_update(observation.to(dtype), source.to(dtype), filters.to(dtype), groups, iterations, eps)
             else:
@@ -327,7 +327,7 @@ class NDCUpdateFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         observation, source, filters = ctx.saved_tensors
         need_observation, need_source, need_filters = ctx.needs_input_grad[:3]
-        with _autocast_disabled(observation):
+        with autocast_disabled(observation):
             ops = _Operators(filters.to(ctx.dtype), ctx.groups, ctx.eps, track_filter_grad=need_filters)
             obs = _compute_layout(observation.to(ctx.dtype))
             sources = [_compute_layout(source.to(ctx.dtype))]
