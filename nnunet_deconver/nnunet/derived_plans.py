@@ -10,6 +10,7 @@ existing derived plans file with different content is never replaced.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ def derive_plans(plans: dict, presets: Sequence[Preset], plans_name: str, source
                 f"give at most one preset per dimension."
             )
         by_dimension[preset.dimension] = preset
-    derived = json.loads(json.dumps(plans))
+    derived = copy.deepcopy(plans)
     applied: dict[str, str] = {}
     for name, configuration in derived["configurations"].items():
         preset = by_dimension.get(len(configuration.get("patch_size", ())))
@@ -76,7 +77,7 @@ def write_derived_plans(
             f"{source_file} does not exist; run nnUNetv2_plan_and_preprocess -d {dataset} first (or pass -p)."
         )
     derived_text = json.dumps(
-        derive_plans(json.loads(source_file.read_text()), presets, plans_name, source_plans), indent=4, sort_keys=False
+        derive_plans(json.loads(source_file.read_text()), presets, plans_name, source_plans), indent=4
     ) + "\n"
     target = folder / f"{plans_name}.json"
     if target.exists() and target.read_text() != derived_text:

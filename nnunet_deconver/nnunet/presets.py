@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_deconver.nnunet.architecture_registry import validate_architecture
+from nnunet_deconver.nnunet.plans_topology import TOPOLOGY_KEYS
 
 PRESET_FOLDER = Path(__file__).resolve().parent.parent / "presets"
 PRESET_KEYS = {"description", "dimension", "network_class_name", "arch_kwargs", "stages"}
@@ -37,7 +38,7 @@ class Preset:
         Raises:
             ValueError: if the preset needs more stages than nnU-Net planned for the configuration.
         """
-        topology = {key: planned[key] for key in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides")}
+        topology = {key: planned[key] for key in TOPOLOGY_KEYS}
         if self.stages is not None:
             n_stages = self.stages["n_stages"]
             if n_stages > planned["n_stages"]:

@@ -56,7 +56,7 @@ def preset_networks(
     n_stages = preset.stages["n_stages"]
     planned = {
         "n_stages": n_stages,
-        "features_per_stage": [0] * n_stages,
+        "features_per_stage": [0] * n_stages,  # replaced by the preset's C_l = min(C0 * 2^l, max)
         "conv_op": convert_dim_to_conv_op(preset.dimension),
         "kernel_sizes": [[3] * preset.dimension] * n_stages,
         "strides": [[1] * preset.dimension] + [[2] * preset.dimension] * (n_stages - 1),
