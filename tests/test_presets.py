@@ -53,8 +53,21 @@ def nnunet_plans() -> dict:
 def test_every_shipped_preset_loads() -> None:
     names = set(available_presets())
     assert {"deconver-2d-k3", "deconver-3d-k5", "deconver-isles22-k3", "deconver-brats23-k5", "deconver-glas-k5"} <= names
+    assert {"factorizer-swin-3d", "factorizer-local-2d", "factorizer-brats-swin", "factorizer-isles22-global"} <= names
     for name in names:
-        assert load_preset(name).network_class_name.endswith("DeconverUNet")
+        family = "DeconverUNet" if name.startswith("deconver-") else "FactorizerUNet"
+        assert load_preset(name).network_class_name.endswith(family)
+
+
+def test_factorizer_presets_carry_the_planned_patch_size_for_the_positional_embedding() -> None:
+    """nnU-Net's stock trainer builds from arch_kwargs alone, so the patch size must be in them."""
+    derived = derive_plans(nnunet_plans(), [load_preset("factorizer-swin-2d"), load_preset("factorizer-local-3d")],
+                           "P", "nnUNetPlans")
+    two_d, three_d = (derived["configurations"][c]["architecture"]["arch_kwargs"] for c in ("2d", "3d_fullres"))
+    assert two_d["patch_size"] == [64, 64] and two_d["matricize"] == "swin"
+    assert three_d["patch_size"] == [16, 32, 32] and three_d["matricize"] == "local"
+    assert "patch_size" not in derive_plans(nnunet_plans(), [load_preset("deconver-2d-k5")], "P", "nnUNetPlans")[
+        "configurations"]["2d"]["architecture"]["arch_kwargs"]
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,10 @@ from nnunet_deconver.analysis.complexity import Complexity
 
 
 def complexity_table(rows: dict[str, Complexity], batch_size: int) -> str:
-    """Markdown table: parameters, FLOPs per voxel (full and paper convention), activation memory."""
-    header = ["network", "params (M)", "GFLOPs / sample", "FLOPs/voxel full (K)", "FLOPs/voxel paper (K)",
+    """Markdown table: parameters, FLOPs (full, and per voxel also in the Deconver paper's convention),
+    activation memory. The full count (2 FLOPs per multiply-accumulate of every convolution and matrix
+    product, NMF included) is also the Factorizer paper's convention."""
+    header = ["network", "params (M)", "GFLOPs / sample", "FLOPs/voxel full (K)", "FLOPs/voxel Deconver conv. (K)",
               f"activations, batch {batch_size} (GiB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, c in rows.items():

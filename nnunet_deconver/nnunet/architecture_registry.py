@@ -14,10 +14,14 @@ from typing import Any
 from torch import nn
 
 from nnunet_deconver.architectures.deconver_unet import DeconverUNet
+from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    f"{cls.__module__}.{cls.__qualname__}": cls for cls in (DeconverUNet,)
+    f"{cls.__module__}.{cls.__qualname__}": cls for cls in (DeconverUNet, FactorizerUNet)
 }
+# Hyper-parameters read from the plans configuration itself (not from its arch_kwargs): a trainer or
+# a derived plans file fills them in, e.g. the patch size that sizes the Factorizer's positional embedding.
+PLANS_CONFIGURATION_ARGUMENTS: dict[type[nn.Module], tuple[str, ...]] = {FactorizerUNet: ("patch_size",)}
 # Supplied by nnU-Net's get_network_from_plans / our trainers, never by a plans file.
 BUILD_TIME_ARGUMENTS = frozenset({"input_channels", "num_classes", "deep_supervision"})
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnunet_deconver.nnunet.architecture_registry import validate_architecture
+from nnunet_deconver.nnunet.architecture_registry import PLANS_CONFIGURATION_ARGUMENTS, validate_architecture
 from nnunet_deconver.nnunet.plans_topology import TOPOLOGY_KEYS
 
 PRESET_FOLDER = Path(__file__).resolve().parent.parent / "presets"
@@ -32,8 +32,14 @@ class Preset:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, int] | None = None
 
-    def architecture(self, planned: dict[str, Any], configuration_name: str) -> dict[str, Any]:
+    def architecture(
+        self, planned: dict[str, Any], configuration_name: str, configuration: dict[str, Any]
+    ) -> dict[str, Any]:
         """The ``architecture`` entry of a plans configuration whose planned arch_kwargs are ``planned``.
+
+        ``configuration`` is the plans configuration itself; the values an architecture reads from it
+        (:data:`PLANS_CONFIGURATION_ARGUMENTS`, e.g. the patch size) are copied into the arch_kwargs,
+        where nnU-Net's stock trainer and predictor find them.
 
         Raises:
             ValueError: if the preset needs more stages than nnU-Net planned for the configuration.
@@ -55,9 +61,11 @@ class Preset:
                 kernel_sizes=planned["kernel_sizes"][:n_stages],
                 strides=planned["strides"][:n_stages],
             )
+        network_class = validate_architecture(self.network_class_name, self.arch_kwargs)
+        from_configuration = {name: configuration[name] for name in PLANS_CONFIGURATION_ARGUMENTS.get(network_class, ())}
         return {
             "network_class_name": self.network_class_name,
-            "arch_kwargs": {**topology, **self.arch_kwargs},
+            "arch_kwargs": {**topology, **from_configuration, **self.arch_kwargs},
             "_kw_requires_import": ["conv_op"],
         }
 

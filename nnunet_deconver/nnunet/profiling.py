@@ -61,7 +61,7 @@ def preset_networks(
         "kernel_sizes": [[3] * preset.dimension] * n_stages,
         "strides": [[1] * preset.dimension] + [[2] * preset.dimension] * (n_stages - 1),
     }
-    arch_kwargs = preset.architecture(planned, "profile")["arch_kwargs"]
+    arch_kwargs = preset.architecture(planned, "profile", {"patch_size": list(patch_size)})["arch_kwargs"]
     topology = {key: arch_kwargs[key] for key in planned}
     network_class = validate_architecture(preset.network_class_name, arch_kwargs)
     with torch.device("meta"):

@@ -8,6 +8,13 @@ from nnunet_deconver.nnunet.trainers.deconver import (
     nnUNetTrainerDeconver_k5,
     nnUNetTrainerDeconver_smoke,
 )
+from nnunet_deconver.nnunet.trainers.factorizer import (
+    nnUNetTrainerFactorizerGlobal,
+    nnUNetTrainerFactorizerLocal,
+    nnUNetTrainerFactorizerSwin,
+    nnUNetTrainerFactorizerSwin_demo,
+    nnUNetTrainerFactorizerSwin_smoke,
+)
 
 __all__ = [
     "nnUNetTrainerDeconver",
@@ -16,4 +23,9 @@ __all__ = [
     "nnUNetTrainerDeconver_k3",
     "nnUNetTrainerDeconver_k5",
     "nnUNetTrainerDeconver_smoke",
+    "nnUNetTrainerFactorizerGlobal",
+    "nnUNetTrainerFactorizerLocal",
+    "nnUNetTrainerFactorizerSwin",
+    "nnUNetTrainerFactorizerSwin_demo",
+    "nnUNetTrainerFactorizerSwin_smoke",
 ]

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 import torch
-from torch import nn
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_deconver.architectures.deconver_unet import DeconverUNet
 from nnunet_deconver.nnunet.lr_schedules import WarmupCosineLRScheduler
-from nnunet_deconver.nnunet.architecture_registry import is_plugin_architecture, validate_architecture
-from nnunet_deconver.nnunet.plans_topology import plans_topology
+from nnunet_deconver.nnunet.trainers.plugin_network import nnUNetTrainerPluginNetwork
 from nnunet_deconver.nnunet.trainers.schedule import ScheduleOverride
 
 # The paper found 3x3x3 best in 3-D (ISLES'22, BraTS'23) and 5x5 best in 2-D (GlaS, FIVES).
 DEFAULT_NDC_KERNEL_SIZE: dict[int, int] = {2: 5, 3: 3}
 
 
-class nnUNetTrainerDeconver(nnUNetTrainer):
+class nnUNetTrainerDeconver(nnUNetTrainerPluginNetwork):
     """nnU-Net's training recipe with the Deconver network built on the plans' topology.
 
     The NDC kernel is 3 in 3-D and 5 in 2-D unless a variant sets :attr:`ndc_kernel_size`. With a
@@ -28,57 +25,22 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
     one the plans prescribe.
     """
 
+    network_class = DeconverUNet
     ndc_kernel_size: ClassVar[int | None] = None
 
     @classmethod
-    def build_network_architecture(
-        cls,
-        plans_manager: PlansManager,
-        configuration_manager: ConfigurationManager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool = True,
-    ) -> nn.Module:
-        if is_plugin_architecture(configuration_manager.network_arch_class_name):
-            return cls._build_from_plans_architecture(
-                configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision
-            )
-        topology = plans_topology(configuration_manager)
+    def default_network(cls, topology: dict[str, Any], configuration_manager: ConfigurationManager) -> dict[str, Any]:
         spatial_dims = convert_conv_op_to_dim(topology["conv_op"])
-        kernel_size = cls.ndc_kernel_size or DEFAULT_NDC_KERNEL_SIZE[spatial_dims]
-        return DeconverUNet(
-            input_channels=num_input_channels,
-            num_classes=num_output_channels,
-            deep_supervision=enable_deep_supervision,
-            ndc_kernel_size=kernel_size,
-            **topology,
-        )
-
+        return {"ndc_kernel_size": cls.ndc_kernel_size or DEFAULT_NDC_KERNEL_SIZE[spatial_dims]}
 
     @classmethod
-    def _build_from_plans_architecture(
-        cls,
-        configuration_manager: ConfigurationManager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool,
-    ) -> nn.Module:
-        """Build what a derived plans file (``nnunet-deconver plan``) prescribes, after validating it."""
-        arch_kwargs = dict(configuration_manager.network_arch_init_kwargs)
-        network_class = validate_architecture(configuration_manager.network_arch_class_name, arch_kwargs)
+    def check_planned_architecture(cls, arch_kwargs: dict[str, Any]) -> None:
         planned_kernel = arch_kwargs.get("ndc_kernel_size")
         if cls.ndc_kernel_size is not None and planned_kernel != cls.ndc_kernel_size:
             raise ValueError(
                 f"{cls.__name__} uses NDC kernel {cls.ndc_kernel_size} but the plans prescribe {planned_kernel}; "
                 f"train plans files with nnUNetTrainerDeconver (or nnUNetTrainer), which follow the plans."
             )
-        arch_kwargs["conv_op"] = plans_topology(configuration_manager)["conv_op"]
-        return network_class(
-            input_channels=num_input_channels,
-            num_classes=num_output_channels,
-            deep_supervision=enable_deep_supervision,
-            **arch_kwargs,
-        )
 
 
 class nnUNetTrainerDeconver_k3(nnUNetTrainerDeconver):

@@ -1,0 +1,134 @@
+"""Factorizer U-Nets: papers/factorizer.md section 3.2 (Fig. 1) with the blocks of section 3.3.
+
+Global, Local and Swin (shifted-window) Factorizer differ only in the Matricize of their NMF layers.
+The topology comes from nnU-Net's plans (any number of stages, anisotropic strides): stem
+convolution, strided convolutions down, transposed convolutions up, skip concatenation fused by a
+pointwise convolution, Factorizer blocks at every level, and a learnable positional embedding added
+at the start of the bridge, sized from the plans' patch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from nnunet_deconver.architectures.unet_scaffold import StageSpec, UNetScaffold
+from nnunet_deconver.blocks.factorizer_block import FactorizerBlock
+from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
+from nnunet_deconver.layers.matricize import MatricizeKind
+from nnunet_deconver.layers.nmf import SOLVERS, Solver
+from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
+
+
+class FactorizerUNet(UNetScaffold):
+    """U-shaped Factorizer built from nnU-Net plans quantities.
+
+    Args (beyond :class:`UNetScaffold`'s topology arguments):
+        matricize: "global", "local" or "swin" (Global / Local / Swin Factorizer).
+        head_dim: E, channels per NMF matrix (8 for the paper's BraTS model, 4 for ISLES'22).
+        window: P, window per axis for local / swin (8 for BraTS, 4 for ISLES'22).
+        nmf_rank, nmf_iterations, nmf_solver: R, T and the solver of every NMF layer.
+        mlp_ratio: MLP inner width over C (2 for BraTS, 4 for ISLES'22).
+        use_nmf, use_mlp: block ablations (Table 3).
+        patch_size: the training patch size; with ``positional_embedding`` it sizes the bridge's
+            embedding (patch size / product of the strides). ``None`` builds no embedding.
+        positional_embedding: add the learnable embedding in the bridge (Table 4).
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: int | Sequence[int],
+        conv_op: type[_ConvNd],
+        kernel_sizes: int | Sequence,
+        strides: int | Sequence,
+        num_classes: int,
+        deep_supervision: bool = False,
+        matricize: MatricizeKind = "swin",
+        head_dim: int = 8,
+        window: int | Sequence[int] = 8,
+        nmf_rank: int = 1,
+        nmf_iterations: int = 5,
+        nmf_solver: Solver = "hals",
+        mlp_ratio: int = 2,
+        blocks_per_stage: int | Sequence[int] = 1,
+        blocks_per_decoder_stage: int | Sequence[int] = 1,
+        use_nmf: bool = True,
+        use_mlp: bool = True,
+        patch_size: Sequence[int] | None = None,
+        positional_embedding: bool = True,
+    ) -> None:
+        bridge_level = n_stages - 1
+        bridge_size = _bridge_size(patch_size, strides, n_stages) if patch_size is not None else ()
+        needs_embedding = [positional_embedding and patch_size is not None]
+
+        def block_factory(spec: StageSpec) -> nn.Module:
+            block = FactorizerBlock(
+                spec.channels, conv_op, matricize, head_dim, window, nmf_rank, nmf_iterations, nmf_solver,
+                mlp_ratio, use_nmf, use_mlp,
+            )
+            if spec.level == bridge_level and needs_embedding[0]:
+                needs_embedding[0] = False
+                return nn.Sequential(PositionalEmbedding(spec.channels, bridge_size), block)
+            return block
+
+        super().__init__(
+            input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, num_classes,
+            deep_supervision, block_factory, blocks_per_stage, blocks_per_decoder_stage,
+        )
+
+    def nmf_layers(self) -> list[WrappedNMF]:
+        """The Wrapped NMF modules in the paper's numbering order (Fig. 8): encoder from the highest
+        resolution to the bridge, then decoder from the deepest stage up."""
+        return [module for module in self.modules() if isinstance(module, WrappedNMF)]
+
+    def configure_nmf(
+        self,
+        iterations: int | None = None,
+        rank: int | None = None,
+        solver: Solver | None = None,
+        skip_layers: Sequence[int] = (),
+    ) -> None:
+        """Inference-time knobs of section 4.5, applied to a (trained) network without retraining.
+
+        Args:
+            iterations, rank, solver: new T, R, solver for every NMF layer (``None`` keeps it).
+            skip_layers: 1-based indices into :meth:`nmf_layers` whose NMF is short-circuited; every
+                other layer is (re)enabled.
+
+        Raises:
+            ValueError: an index out of range, or an invalid T / R / solver.
+        """
+        layers = self.nmf_layers()
+        bad = sorted(i for i in skip_layers if not 1 <= i <= len(layers))
+        if bad:
+            raise ValueError(f"NMF layer(s) {bad} do not exist; this network has layers 1..{len(layers)}.")
+        if solver is not None and solver not in SOLVERS:
+            raise ValueError(f"Unknown NMF solver {solver!r}; choose one of {SOLVERS}.")
+        if (iterations is not None and iterations < 0) or (rank is not None and rank < 1):
+            raise ValueError(f"NMF needs iterations >= 0 and rank >= 1, got iterations={iterations}, rank={rank}.")
+        for index, layer in enumerate(layers, start=1):
+            layer.nmf_enabled = index not in skip_layers
+            layer.nmf.iterations = layer.nmf.iterations if iterations is None else iterations
+            layer.nmf.rank = layer.nmf.rank if rank is None else rank
+            layer.nmf.solver = layer.nmf.solver if solver is None else solver
+
+
+def _bridge_size(patch_size: Sequence[int], strides: int | Sequence, n_stages: int) -> tuple[int, ...]:
+    """Spatial size at the bottleneck for the patch: patch // product of the strides, per axis."""
+    stride_list = [strides] * n_stages if isinstance(strides, int) else list(strides)
+    size = list(patch_size)
+    for stride in stride_list:
+        per_axis = [stride] * len(size) if isinstance(stride, int) else list(stride)
+        size = [n // s for n, s in zip(size, per_axis)]
+    if any(n < 1 for n in size):
+        raise ValueError(f"Patch size {tuple(patch_size)} is too small for strides {stride_list}.")
+    return tuple(size)
+
+
+def iter_factorizer_networks(module: nn.Module) -> Iterator[FactorizerUNet]:
+    """Every FactorizerUNet inside ``module`` (itself, or wrapped by torch.compile / DDP)."""
+    return (m for m in module.modules() if isinstance(m, FactorizerUNet))

@@ -1,0 +1,149 @@
+"""Differentiable nonnegative matrix factorization: papers/factorizer.md section 3.4.2.
+
+X ~= F G^T (eq. 9) with F >= 0 of size M x R and G >= 0 of size N x R, fitted by T outer iterations
+of a block coordinate descent on ||X - F G^T||^2 (eq. 10-11):
+
+* MU, Algorithm 1: F <- F * (X G) / (F G^T G),  G <- G * (X^T F) / (G F^T F);
+* HALS, Algorithm 2 / eq. (13): column by column, f_r <- max(0, (A[:, r] - sum_{l != r} B[l, r] f_l) / ||g_r||^2)
+  with A = X G, B = G^T G, then the same for G with A = X^T F, B = F^T F.
+
+For R = 1 both reduce to eq. (14): f <- X g / ||g||^2, g <- X^T f / ||f||^2. ``eps`` is added to every
+denominator, so an all-zero matrix gives all-zero factors instead of 0/0. Gradients flow through all
+iterations (plain autograd; every step is a matrix product or an elementwise operation). The layer
+outputs the reconstruction F G^T.
+
+Initialisation. F and G start from U(0, 1) values drawn once per factor size from a generator with a
+fixed seed, shared by every matrix of a batch: the same input always gives the same output, and the
+forward pass consumes no random state (training, validation and inference stay reproducible and
+independent of each other). ``column_mask`` zeros the initial rows of G for padded columns; such
+columns of X are zero, so their rows of G stay zero in every update and the factorization of the
+padded matrix equals that of the matrix without them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from nnunet_deconver.layers.ndc_function import autocast_disabled
+
+Solver = Literal["mu", "hals"]
+SOLVERS: tuple[str, ...] = ("mu", "hals")
+
+_INIT_SEEDS = {"F": 0x5EED_F, "G": 0x5EED_6}
+_INIT_CACHE_SIZE = 16
+_init_cache: dict[tuple, Tensor] = {}
+
+
+@torch.compiler.disable
+def initial_factor(rows: int, rank: int, which: Literal["F", "G"], like: Tensor) -> Tensor:
+    """U(0, 1) initial factor of shape (rows, rank), the same for every call with the same arguments.
+
+    Drawn on the CPU in float64 from a generator seeded per factor, then cast and moved to ``like``'s
+    dtype and device; a small cache keeps the last few so that repeated forward passes copy nothing.
+    """
+    key = (rows, rank, which, like.dtype, like.device)
+    cached = _init_cache.get(key)
+    if cached is None:
+        generator = torch.Generator().manual_seed(_INIT_SEEDS[which])
+        cached = torch.rand(rows, rank, generator=generator, dtype=torch.float64).to(like.device, like.dtype)
+        if len(_init_cache) >= _INIT_CACHE_SIZE:
+            _init_cache.pop(next(iter(_init_cache)))
+        _init_cache[key] = cached
+    return cached
+
+
+def _mu_update(x: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
+    """One MU update of F for X ~= F G^T (Algorithm 1, line 3)."""
+    return f * (x @ g) / (f @ (g.transpose(-1, -2) @ g) + eps)
+
+
+def _hals_update(x: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
+    """One HALS sweep over the columns of F for X ~= F G^T (Algorithm 2, lines 3-5; eq. 13)."""
+    a = x @ g
+    b = g.transpose(-1, -2) @ g
+    columns = list(f.unbind(-1))
+    for r in range(len(columns)):
+        others = sum(b[..., l, r, None] * columns[l] for l in range(len(columns)) if l != r)
+        columns[r] = ((a[..., r] - others) / (b[..., r, r, None] + eps)).clamp_min(0)
+    return torch.stack(columns, dim=-1)
+
+
+_UPDATES = {"mu": _mu_update, "hals": _hals_update}
+
+
+def nmf(
+    x: Tensor,
+    rank: int = 1,
+    iterations: int = 5,
+    solver: Solver = "hals",
+    eps: float = 1e-8,
+    column_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Factor nonnegative matrices X (..., M, N) into F (..., M, R) and G (..., N, R), eq. (9)-(14).
+
+    Args:
+        x: nonnegative matrices; any leading batch axes.
+        rank: R.
+        iterations: outer iterations T (each updates F, then G).
+        solver: "mu" (Algorithm 1) or "hals" (Algorithm 2).
+        eps: added to every denominator.
+        column_mask: optional (..., N) mask broadcastable against x's batch axes; zero marks padded
+            columns, whose rows of G start (and stay) at zero.
+
+    Raises:
+        ValueError: unknown solver, rank < 1 or iterations < 0.
+    """
+    if solver not in _UPDATES:
+        raise ValueError(f"Unknown NMF solver {solver!r}; choose one of {SOLVERS}.")
+    if rank < 1 or iterations < 0:
+        raise ValueError(f"NMF needs rank >= 1 and iterations >= 0, got rank={rank}, iterations={iterations}.")
+    update = _UPDATES[solver]
+    rows, columns = x.shape[-2:]
+    f = initial_factor(rows, rank, "F", x).expand(*x.shape[:-2], rows, rank)
+    g = initial_factor(columns, rank, "G", x).expand(*x.shape[:-2], columns, rank)
+    if column_mask is not None:
+        g = g * column_mask.to(x.dtype).unsqueeze(-1)
+    x_transposed = x.transpose(-1, -2)
+    for _ in range(iterations):
+        f = update(x, f, g, eps)
+        g = update(x_transposed, g, f, eps)
+    return f, g
+
+
+class NMF(nn.Module):
+    """NMF layer: returns the low-rank reconstruction F G^T of nonnegative matrices (section 3.4.2).
+
+    Computes in float32 even under autocast (float64 stays float64). ``rank``, ``iterations`` and
+    ``solver`` are plain attributes, so they can be changed on a trained model (section 4.5).
+
+    Args:
+        rank: R (the paper trains with 1).
+        iterations: T (the paper trains with 5).
+        solver: "hals" (the paper's choice) or "mu"; identical for R = 1.
+        eps: added to every denominator.
+    """
+
+    def __init__(self, rank: int = 1, iterations: int = 5, solver: Solver = "hals", eps: float = 1e-8) -> None:
+        super().__init__()
+        if solver not in SOLVERS:
+            raise ValueError(f"Unknown NMF solver {solver!r}; choose one of {SOLVERS}.")
+        self.rank = rank
+        self.iterations = iterations
+        self.solver = solver
+        self.eps = eps
+
+    def factorize(self, x: Tensor, column_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(F, G) of ``x`` in the compute precision."""
+        compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        with autocast_disabled(x):
+            return nmf(x.to(compute_dtype), self.rank, self.iterations, self.solver, self.eps, column_mask)
+
+    def forward(self, x: Tensor, column_mask: Tensor | None = None) -> Tensor:
+        f, g = self.factorize(x, column_mask)
+        return (f @ g.transpose(-1, -2)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, iterations={self.iterations}, solver={self.solver!r}"
