@@ -97,6 +97,106 @@ def _run_profile(args: argparse.Namespace) -> None:
     print(complexity_table(rows, shape[0]))
 
 
+PREDICT_DESCRIPTION = (
+    "nnUNetv2_predict plus the inference-time NMF settings of Factorizer models (papers/factorizer.md 4.5): "
+    "every nnUNetv2_predict option is accepted and passed on unchanged (see nnUNetv2_predict -h). The settings "
+    "are written to <-o>/nmf_inference_settings.json; an output folder with files is refused unless "
+    "--continue_prediction continues a run with the same settings."
+)
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-deconver predict", description=PREDICT_DESCRIPTION,
+                                     allow_abbrev=False)
+    parser.add_argument("--nmf-iters", type=int, help="outer NMF iterations T for every NMF layer (trained: 5)")
+    parser.add_argument("--nmf-rank", type=int, help="NMF rank R for every NMF layer (trained: 1)")
+    parser.add_argument("--nmf-solver", choices=["mu", "hals"], help="NMF solver (trained: hals; equal for rank 1)")
+    parser.add_argument("--skip-nmf-layers", nargs="+", default=[], metavar="N",
+                        help="short-circuit these NMF layers, numbered 1 (first encoder block) to the last decoder "
+                        "block; e.g. 6 7 or 6-9")
+    return parser
+
+
+def _run_predict(argv: Sequence[str]) -> int:
+    import sys
+
+    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
+
+    from nnunet_deconver.nnunet.inference_knobs import (
+        NMFInferenceSettings,
+        check_output_folder,
+        parse_skip_layers,
+        settings_applied_on_initialization,
+    )
+
+    parser = _predict_parser()
+    args, nnunet_args = parser.parse_known_args(argv)
+    passthrough = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    passthrough.add_argument("-o")
+    passthrough.add_argument("--continue_prediction", action="store_true")
+    output, _ = passthrough.parse_known_args(nnunet_args)
+    try:
+        settings = NMFInferenceSettings(args.nmf_iters, args.nmf_rank, args.nmf_solver,
+                                        parse_skip_layers(args.skip_nmf_layers))
+        output_folder = None if output.o is None else Path(output.o)
+        if output_folder is not None:
+            check_output_folder(output_folder, output.continue_prediction, settings)
+        sys.argv = ["nnUNetv2_predict", *nnunet_args]
+        with settings_applied_on_initialization(settings, output_folder):
+            predict_entry_point()
+    except (ValueError, FileExistsError) as error:
+        parser.exit(2, f"nnunet-deconver predict: error: {error}\n")
+    return 0
+
+
+def _add_components_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "nmf-components",
+        help="PNGs of a trained Factorizer's NMF spatial components for an image (paper Fig. 6)",
+        description="Loads a trained Factorizer model folder (one fold), preprocesses an image like "
+        "nnUNetv2_predict, runs the plans' patch around the chosen slice through the network and writes one PNG "
+        "per NMF layer: the input next to the spatial factors G of every head, mapped back to space.",
+    )
+    parser.add_argument("-m", "--model-folder", type=Path, required=True,
+                        help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
+    parser.add_argument("-i", "--image", type=Path, nargs="+", required=True,
+                        help="the image's files, one per channel (CASE_0000.nii.gz ...)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNGs (created; files "
+                        "already there are never replaced)")
+    parser.add_argument("--layers", type=int, nargs="+", help="NMF layers, 1 = first encoder block (default: "
+                        "the first and the last, as in the paper)")
+    parser.add_argument("--slice", type=int, help="index along the image's first axis (default: the middle)")
+    parser.add_argument("-f", "--fold", default="0", help="fold whose weights to use (default: 0)")
+    parser.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    parser.add_argument("-device", "--device", default="cpu", choices=["cpu", "cuda", "mps"])
+
+
+def _run_components(args: argparse.Namespace) -> None:
+    from nnunet_deconver.analysis.nmf_components import default_layers, nmf_components, save_components_figure
+    from nnunet_deconver.nnunet.inference_knobs import factorizer_in
+    from nnunet_deconver.nnunet.trained_model import load_trained_model, network_input, preprocess_image
+
+    fold = args.fold if args.fold == "all" else int(args.fold)
+    model = load_trained_model(args.model_folder, fold, args.checkpoint, args.device)
+    network = factorizer_in(model.network)
+    if network is None:
+        raise ValueError(f"{args.model_folder} holds a {type(model.network).__name__}, not a Factorizer; NMF "
+                         f"components exist only in Factorizer models.")
+    layers = args.layers or default_layers(network)
+    patch_size = model.configuration_manager.patch_size
+    x, position = network_input(preprocess_image(model, args.image), patch_size, args.slice)
+    targets = {n: args.output / f"nmf_layer{n:02d}_components.png" for n in layers}
+    existing = [str(path) for path in targets.values() if path.exists()]
+    if existing:
+        raise FileExistsError(f"{', '.join(existing)} exist already; choose another -o.")
+    args.output.mkdir(parents=True, exist_ok=True)
+    fraction = (position + 0.5) / patch_size[0] if len(patch_size) == 3 else 0.5
+    for layer in nmf_components(network, x.to(model.device), layers):
+        save_components_figure(x[0, 0].numpy(), layer, targets[layer.number], fraction)
+        print(f"wrote {targets[layer.number]}  (layer {layer.number}, {layer.label}, "
+              f"{layer.components.shape[0]} components of size {layer.components.shape[1:]})")
+
+
 def _run_presets() -> None:
     from nnunet_deconver.nnunet.presets import available_presets, load_preset
 
@@ -106,12 +206,20 @@ def _run_presets() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["predict"]:  # its options are nnUNetv2_predict's, parsed by nnU-Net itself
+        return _run_predict(argv[1:])
     parser = argparse.ArgumentParser(prog="nnunet-deconver", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(subparsers)
     _add_plan_parser(subparsers)
     _add_profile_parser(subparsers)
     subparsers.add_parser("presets", help="list the shipped architecture presets")
+    _add_components_parser(subparsers)
+    subparsers.add_parser("predict", help="nnUNetv2_predict with inference-time NMF settings for Factorizers",
+                          description=PREDICT_DESCRIPTION)
     args = parser.parse_args(argv)
 
     if args.command == "plan":
@@ -126,6 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, f"nnunet-deconver profile: error: {error}\n")
     elif args.command == "presets":
         _run_presets()
+    elif args.command == "nmf-components":
+        try:
+            _run_components(args)
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            parser.exit(2, f"nnunet-deconver nmf-components: error: {error}\n")
     elif args.command == "demo":
         from nnunet_deconver.demo.pipeline import DemoSettings, run_demo
 

@@ -83,7 +83,18 @@ class FactorizerUNet(UNetScaffold):
     def nmf_layers(self) -> list[WrappedNMF]:
         """The Wrapped NMF modules in the paper's numbering order (Fig. 8): encoder from the highest
         resolution to the bridge, then decoder from the deepest stage up."""
-        return [module for module in self.modules() if isinstance(module, WrappedNMF)]
+        return [layer for _, layer in self.labelled_nmf_layers()]
+
+    def labelled_nmf_layers(self) -> list[tuple[str, WrappedNMF]]:
+        """:meth:`nmf_layers` with where each sits, e.g. ("encoder level 0", layer), ("bridge", layer)."""
+        bridge = len(self.encoder.stages) - 1
+        labelled = []
+        for level, stage in enumerate(self.encoder.stages):
+            name = "bridge" if level == bridge else f"encoder level {level}"
+            labelled += [(name, m) for m in stage.modules() if isinstance(m, WrappedNMF)]
+        for index, stage in enumerate(self.decoder.stages):
+            labelled += [(f"decoder level {bridge - 1 - index}", m) for m in stage.modules() if isinstance(m, WrappedNMF)]
+        return labelled
 
     def configure_nmf(
         self,

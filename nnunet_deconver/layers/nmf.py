@@ -47,23 +47,24 @@ def initial_factor(rows: int, rank: int, which: Literal["F", "G"], like: Tensor)
     key = (rows, rank, which, like.dtype, like.device)
     cached = _init_cache.get(key)
     if cached is None:
-        generator = torch.Generator().manual_seed(_INIT_SEEDS[which])
-        cached = torch.rand(rows, rank, generator=generator, dtype=torch.float64).to(like.device, like.dtype)
+        # A normal tensor even when first drawn under torch.inference_mode (nnU-Net's predictor):
+        # an inference tensor could not be saved for backward by a later training step.
+        with torch.inference_mode(False):
+            generator = torch.Generator().manual_seed(_INIT_SEEDS[which])
+            cached = torch.rand(rows, rank, generator=generator, dtype=torch.float64).to(like.device, like.dtype)
         if len(_init_cache) >= _INIT_CACHE_SIZE:
             _init_cache.pop(next(iter(_init_cache)))
         _init_cache[key] = cached
     return cached
 
 
-def _mu_update(x: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
-    """One MU update of F for X ~= F G^T (Algorithm 1, line 3)."""
-    return f * (x @ g) / (f @ (g.transpose(-1, -2) @ g) + eps)
+def _mu_update(f: Tensor, a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """MU update of F for X ~= F G^T given A = X G and B = G^T G (Algorithm 1, line 3)."""
+    return f * a / (f @ b + eps)
 
 
-def _hals_update(x: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
-    """One HALS sweep over the columns of F for X ~= F G^T (Algorithm 2, lines 3-5; eq. 13)."""
-    a = x @ g
-    b = g.transpose(-1, -2) @ g
+def _hals_update(f: Tensor, a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """HALS sweep over the columns of F given A = X G and B = G^T G (Algorithm 2, lines 3-5; eq. 13)."""
     columns = list(f.unbind(-1))
     for r in range(len(columns)):
         others = sum(b[..., l, r, None] * columns[l] for l in range(len(columns)) if l != r)
@@ -101,16 +102,19 @@ def nmf(
     if rank < 1 or iterations < 0:
         raise ValueError(f"NMF needs rank >= 1 and iterations >= 0, got rank={rank}, iterations={iterations}.")
     update = _UPDATES[solver]
-    rows, columns = x.shape[-2:]
-    f = initial_factor(rows, rank, "F", x).expand(*x.shape[:-2], rows, rank)
-    g = initial_factor(columns, rank, "G", x).expand(*x.shape[:-2], columns, rank)
+    batch_shape, (rows, columns) = x.shape[:-2], x.shape[-2:]
+    # One contiguous 3-D batch: bmm then reads X in place at every product (no per-product reshape copies).
+    x = x.reshape(-1, rows, columns).contiguous()
+    f = initial_factor(rows, rank, "F", x).expand(x.shape[0], rows, rank)
+    g = initial_factor(columns, rank, "G", x)
     if column_mask is not None:
-        g = g * column_mask.to(x.dtype).unsqueeze(-1)
-    x_transposed = x.transpose(-1, -2)
+        g = (g * column_mask.to(x.dtype).unsqueeze(-1)).expand(*batch_shape, columns, rank)
+    g = g.expand(*batch_shape, columns, rank).reshape(-1, columns, rank)
     for _ in range(iterations):
-        f = update(x, f, g, eps)
-        g = update(x_transposed, g, f, eps)
-    return f, g
+        f = update(f, torch.bmm(x, g), torch.bmm(g.transpose(1, 2), g), eps)
+        # X^T F as (F^T X)^T: X is read in its own layout, never copied transposed.
+        g = update(g, torch.bmm(f.transpose(1, 2), x).transpose(1, 2), torch.bmm(f.transpose(1, 2), f), eps)
+    return f.reshape(*batch_shape, rows, rank), g.reshape(*batch_shape, columns, rank)
 
 
 class NMF(nn.Module):
@@ -143,7 +147,8 @@ class NMF(nn.Module):
 
     def forward(self, x: Tensor, column_mask: Tensor | None = None) -> Tensor:
         f, g = self.factorize(x, column_mask)
-        return (f @ g.transpose(-1, -2)).to(x.dtype)
+        with autocast_disabled(x):  # the reconstruction F G^T in the compute precision too
+            return (f @ g.transpose(-1, -2)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, iterations={self.iterations}, solver={self.solver!r}"
