@@ -1,9 +1,10 @@
 """One nnU-Net training iteration (forward, deep-supervision loss, backward, clip, SGD step):
-nnUNetTrainerDeconver vs nnUNetTrainer at identical plans, side by side in one run.
+the package's trainers vs nnUNetTrainer at identical plans, side by side in one run.
 
 Usage (nnU-Net's folder variables set, the dataset planned and preprocessed):
 
     python benchmarks/training_iteration.py -d 990 -c 3d_fullres [--device cpu|cuda] [--repeats 10]
+        [--trainers nnUNetTrainerDeconver nnUNetTrainerFactorizerSwin]
 
 With ``--demo-dataset`` the script builds and plans the demo's MNI152 dataset in a temporary folder
 first. It uses the real trainers' ``train_step`` on a synthetic batch of the plans' batch and patch
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-TRAINERS = ("nnUNetTrainer", "nnUNetTrainerDeconver")
+BASELINE = "nnUNetTrainer"
 
 
 def synthetic_batch(trainer) -> dict:
@@ -79,19 +80,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU (default: 2)")
+    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerDeconver"],
+                        help="trainers to compare with nnUNetTrainer (default: nnUNetTrainerDeconver)")
     args = parser.parse_args()
+    trainers = [BASELINE, *args.trainers]
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         dataset = plan_demo_dataset(Path(scratch)) if args.demo_dataset else args.dataset
         if dataset is None:
             parser.error("give -d DATASET or --demo-dataset")
-        print(f"| configuration | {' | '.join(f'{t} (s)' for t in TRAINERS)} | Deconver / nnU-Net |")
-        print("|---|" + "---|" * (len(TRAINERS) + 1))
+        ratios = [f"{t} / nnU-Net" for t in args.trainers]
+        print(f"| configuration | {' | '.join(f'{t} (s)' for t in trainers)} | {' | '.join(ratios)} |")
+        print("|---|" + "---|" * (len(trainers) + len(ratios)))
         for configuration in args.configurations:
             seconds = [time_train_step(dataset, configuration, t, torch.device(args.device), args.repeats)
-                       for t in TRAINERS]
-            print(f"| {configuration} | {' | '.join(f'{s:.3f}' for s in seconds)} | {seconds[1] / seconds[0]:.2f} |",
-                  flush=True)
+                       for t in trainers]
+            cells = [f"{s:.3f}" for s in seconds] + [f"{s / seconds[0]:.2f}" for s in seconds[1:]]
+            print(f"| {configuration} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,19 @@ def _run_predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def _add_model_image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model-folder", type=Path, required=True,
+                        help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
+    parser.add_argument("-i", "--image", type=Path, nargs="+", required=True,
+                        help="the image's files, one per channel (CASE_0000.nii.gz ...)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNGs (created; files "
+                        "already there are never replaced)")
+    parser.add_argument("--slice", type=int, help="index along the image's first axis (default: the middle)")
+    parser.add_argument("-f", "--fold", default="0", help="fold whose weights to use (default: 0)")
+    parser.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    parser.add_argument("-device", "--device", default="cpu", choices=["cpu", "cuda", "mps"])
+
+
 def _add_components_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "nmf-components",
@@ -157,52 +170,81 @@ def _add_components_parser(subparsers: argparse._SubParsersAction) -> None:
         "nnUNetv2_predict, runs the plans' patch around the chosen slice through the network and writes one PNG "
         "per NMF layer: the input next to the spatial factors G of every head, mapped back to space.",
     )
-    parser.add_argument("-m", "--model-folder", type=Path, required=True,
-                        help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
-    parser.add_argument("-i", "--image", type=Path, nargs="+", required=True,
-                        help="the image's files, one per channel (CASE_0000.nii.gz ...)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNGs (created; files "
-                        "already there are never replaced)")
+    _add_model_image_arguments(parser)
     parser.add_argument("--layers", type=int, nargs="+", help="NMF layers, 1 = first encoder block (default: "
                         "the first and the last, as in the paper)")
-    parser.add_argument("--slice", type=int, help="index along the image's first axis (default: the middle)")
-    parser.add_argument("-f", "--fold", default="0", help="fold whose weights to use (default: 0)")
-    parser.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
-    parser.add_argument("-device", "--device", default="cpu", choices=["cpu", "cuda", "mps"])
+
+
+def _add_offsets_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "dtc-offsets",
+        help="PNG of where a trained model's last decoder DTC samples from, for an image (DTC paper Fig. 7)",
+        description="Loads a trained model folder with DTC upsampling (one fold), preprocesses an image like "
+        "nnUNetv2_predict, runs the plans' patch around the chosen slice through the network and draws the "
+        "sampling offsets of the last (highest-resolution) decoder DTC: arrows, their length, and the density of "
+        "the sampled positions. 3D configurations show the chosen slice.",
+    )
+    _add_model_image_arguments(parser)
+
+
+def _model_and_input(args: argparse.Namespace, targets: list[Path]):
+    """Load the model folder's fold, preprocess the image and cut the network input; refuse existing targets."""
+    from nnunet_deconver.nnunet.trained_model import load_trained_model, network_input, preprocess_image
+
+    existing = [str(path) for path in targets if path.exists()]
+    if existing:
+        raise FileExistsError(f"{', '.join(existing)} exist already; choose another -o.")
+    fold = args.fold if args.fold == "all" else int(args.fold)
+    model = load_trained_model(args.model_folder, fold, args.checkpoint, args.device)
+    x, position = network_input(preprocess_image(model, args.image), model.configuration_manager.patch_size, args.slice)
+    args.output.mkdir(parents=True, exist_ok=True)
+    return model, x, position
 
 
 def _run_components(args: argparse.Namespace) -> None:
     from nnunet_deconver.analysis.nmf_components import default_layers, nmf_components, save_components_figure
     from nnunet_deconver.nnunet.inference_knobs import factorizer_in
-    from nnunet_deconver.nnunet.trained_model import load_trained_model, network_input, preprocess_image
 
-    fold = args.fold if args.fold == "all" else int(args.fold)
-    model = load_trained_model(args.model_folder, fold, args.checkpoint, args.device)
+    targets = {n: args.output / f"nmf_layer{n:02d}_components.png" for n in args.layers or ()}
+    model, x, position = _model_and_input(args, list(targets.values()))
     network = factorizer_in(model.network)
     if network is None:
         raise ValueError(f"{args.model_folder} holds a {type(model.network).__name__}, not a Factorizer; NMF "
                          f"components exist only in Factorizer models.")
-    layers = args.layers or default_layers(network)
+    if not targets:
+        targets = {n: args.output / f"nmf_layer{n:02d}_components.png" for n in default_layers(network)}
     patch_size = model.configuration_manager.patch_size
-    x, position = network_input(preprocess_image(model, args.image), patch_size, args.slice)
-    targets = {n: args.output / f"nmf_layer{n:02d}_components.png" for n in layers}
-    existing = [str(path) for path in targets.values() if path.exists()]
-    if existing:
-        raise FileExistsError(f"{', '.join(existing)} exist already; choose another -o.")
-    args.output.mkdir(parents=True, exist_ok=True)
     fraction = (position + 0.5) / patch_size[0] if len(patch_size) == 3 else 0.5
-    for layer in nmf_components(network, x.to(model.device), layers):
+    for layer in nmf_components(network, x.to(model.device), list(targets)):
         save_components_figure(x[0, 0].numpy(), layer, targets[layer.number], fraction)
         print(f"wrote {targets[layer.number]}  (layer {layer.number}, {layer.label}, "
               f"{layer.components.shape[0]} components of size {layer.components.shape[1:]})")
 
 
+def _run_offsets(args: argparse.Namespace) -> None:
+    from nnunet_deconver.analysis.dtc_offsets import last_dtc, sampling_field, save_sampling_figure
+
+    target = args.output / "dtc_sampling_offsets.png"
+    model, x, position = _model_and_input(args, [target])
+    dtc = last_dtc(model.network)
+    if dtc is None:
+        raise ValueError(f"{args.model_folder} holds a {type(model.network).__name__} without DTC upsampling; train "
+                         f"with a DTC trainer (e.g. -tr nnUNetTrainerDTC) or a DTC preset.")
+    field = sampling_field(model.network, dtc, x.to(model.device))
+    three_d = len(model.configuration_manager.patch_size) == 3
+    save_sampling_figure(x[0, 0].numpy(), field, target, position if three_d else None)
+    length = abs(field.displacement).max()
+    print(f"wrote {target}  (stride {field.stride}, largest displacement {length:.2f} input voxels of that level)")
+
+
 def _run_presets() -> None:
     from nnunet_deconver.nnunet.presets import available_presets, load_preset
 
-    for name in available_presets():
+    names = list(available_presets())
+    width = max(map(len, names))
+    for name in names:
         preset = load_preset(name)
-        print(f"{name:<22} {preset.dimension}D  {preset.description}")
+        print(f"{name:<{width}} {preset.dimension}D  {preset.description}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_profile_parser(subparsers)
     subparsers.add_parser("presets", help="list the shipped architecture presets")
     _add_components_parser(subparsers)
+    _add_offsets_parser(subparsers)
     subparsers.add_parser("predict", help="nnUNetv2_predict with inference-time NMF settings for Factorizers",
                           description=PREDICT_DESCRIPTION)
     args = parser.parse_args(argv)
@@ -234,11 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, f"nnunet-deconver profile: error: {error}\n")
     elif args.command == "presets":
         _run_presets()
-    elif args.command == "nmf-components":
+    elif args.command in ("nmf-components", "dtc-offsets"):
         try:
-            _run_components(args)
+            (_run_components if args.command == "nmf-components" else _run_offsets)(args)
         except (ValueError, FileNotFoundError, FileExistsError) as error:
-            parser.exit(2, f"nnunet-deconver nmf-components: error: {error}\n")
+            parser.exit(2, f"nnunet-deconver {args.command}: error: {error}\n")
     elif args.command == "demo":
         from nnunet_deconver.demo.pipeline import DemoSettings, run_demo
 

@@ -54,9 +54,11 @@ def test_every_shipped_preset_loads() -> None:
     names = set(available_presets())
     assert {"deconver-2d-k3", "deconver-3d-k5", "deconver-isles22-k3", "deconver-brats23-k5", "deconver-glas-k5"} <= names
     assert {"factorizer-swin-3d", "factorizer-local-2d", "factorizer-brats-swin", "factorizer-isles22-global"} <= names
+    families = {"deconver-": "DeconverUNet", "factorizer-": "FactorizerUNet", "dtc-resenc-": "DTCResidualEncoderUNet",
+                "dtc-": "DTCPlainConvUNet"}
     for name in names:
-        family = "DeconverUNet" if name.startswith("deconver-") else "FactorizerUNet"
-        assert load_preset(name).network_class_name.endswith(family)
+        family = next(cls for prefix, cls in families.items() if name.startswith(prefix))
+        assert load_preset(name).network_class_name.endswith(family), name
 
 
 def test_factorizer_presets_carry_the_planned_patch_size_for_the_positional_embedding() -> None:

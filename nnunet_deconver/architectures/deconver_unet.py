@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_deconver.architectures.dtc_upsampling import dtc_upsampler_factory
 from nnunet_deconver.architectures.unet_scaffold import StageSpec, UNetScaffold
 from nnunet_deconver.blocks.deconver_block import DeconverBlock
 
@@ -33,6 +35,8 @@ class DeconverUNet(UNetScaffold):
         mlp_ratio: MLP expansion alpha.
         use_mixer, use_mlp: block ablations (Table VIII).
         norm_affine: affine instance norms (the paper has none).
+        dtc: DTC settings to upsample with deformable transposed convolutions (papers/dtc.md);
+            ``None`` keeps plain transposed convolutions.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class DeconverUNet(UNetScaffold):
         use_mixer: bool = True,
         use_mlp: bool = True,
         norm_affine: bool = False,
+        dtc: Mapping[str, Any] | None = None,
     ) -> None:
         def block_factory(spec: StageSpec) -> nn.Module:
             return DeconverBlock(
@@ -73,4 +78,5 @@ class DeconverUNet(UNetScaffold):
         super().__init__(
             input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, num_classes,
             deep_supervision, block_factory, blocks_per_stage, blocks_per_decoder_stage,
+            None if dtc is None else dtc_upsampler_factory(dtc),
         )

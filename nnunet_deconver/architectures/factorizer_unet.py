@@ -9,11 +9,13 @@ at the start of the bridge, sized from the plans' patch size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_deconver.architectures.dtc_upsampling import dtc_upsampler_factory
 from nnunet_deconver.architectures.unet_scaffold import StageSpec, UNetScaffold
 from nnunet_deconver.blocks.factorizer_block import FactorizerBlock
 from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
@@ -35,6 +37,8 @@ class FactorizerUNet(UNetScaffold):
         patch_size: the training patch size; with ``positional_embedding`` it sizes the bridge's
             embedding (patch size / product of the strides). ``None`` builds no embedding.
         positional_embedding: add the learnable embedding in the bridge (Table 4).
+        dtc: DTC settings to upsample with deformable transposed convolutions (papers/dtc.md);
+            ``None`` keeps plain transposed convolutions.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class FactorizerUNet(UNetScaffold):
         use_mlp: bool = True,
         patch_size: Sequence[int] | None = None,
         positional_embedding: bool = True,
+        dtc: Mapping[str, Any] | None = None,
     ) -> None:
         bridge_level = n_stages - 1
         bridge_size = _bridge_size(patch_size, strides, n_stages) if patch_size is not None else ()
@@ -78,6 +83,7 @@ class FactorizerUNet(UNetScaffold):
         super().__init__(
             input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, num_classes,
             deep_supervision, block_factory, blocks_per_stage, blocks_per_decoder_stage,
+            None if dtc is None else dtc_upsampler_factory(dtc),
         )
 
     def nmf_layers(self) -> list[WrappedNMF]:

@@ -14,10 +14,12 @@ from typing import Any
 from torch import nn
 
 from nnunet_deconver.architectures.deconver_unet import DeconverUNet
+from nnunet_deconver.architectures.dtc_upsampling import DTCPlainConvUNet, DTCResidualEncoderUNet
 from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    f"{cls.__module__}.{cls.__qualname__}": cls for cls in (DeconverUNet, FactorizerUNet)
+    f"{cls.__module__}.{cls.__qualname__}": cls
+    for cls in (DeconverUNet, FactorizerUNet, DTCPlainConvUNet, DTCResidualEncoderUNet)
 }
 # Hyper-parameters read from the plans configuration itself (not from its arch_kwargs): a trainer or
 # a derived plans file fills them in, e.g. the patch size that sizes the Factorizer's positional embedding.
@@ -28,6 +30,16 @@ BUILD_TIME_ARGUMENTS = frozenset({"input_channels", "num_classes", "deep_supervi
 
 def is_plugin_architecture(network_class_name: str) -> bool:
     return network_class_name in ARCHITECTURES
+
+
+def accepted_arguments(cls: type[nn.Module]) -> set[str]:
+    """Hyper-parameters a plans file may give ``cls``; a wrapper of an nnU-Net network (DTC) accepts
+    the wrapped network's arguments plus its own."""
+    own = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+    wrapped = getattr(cls, "wrapped_architecture", None)
+    if wrapped is not None:
+        own |= set(inspect.signature(wrapped.__init__).parameters) - {"self"}
+    return own - BUILD_TIME_ARGUMENTS
 
 
 def validate_architecture(network_class_name: str, arch_kwargs: Mapping[str, Any]) -> type[nn.Module]:
@@ -41,7 +53,7 @@ def validate_architecture(network_class_name: str, arch_kwargs: Mapping[str, Any
         raise ValueError(
             f"Unknown architecture class {network_class_name!r}; nnunet-deconver provides {sorted(ARCHITECTURES)}."
         )
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"} - BUILD_TIME_ARGUMENTS
+    accepted = accepted_arguments(cls)
     unknown = sorted(set(arch_kwargs) - accepted)
     if unknown:
         raise ValueError(

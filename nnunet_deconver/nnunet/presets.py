@@ -42,8 +42,13 @@ class Preset:
         where nnU-Net's stock trainer and predictor find them.
 
         Raises:
-            ValueError: if the preset needs more stages than nnU-Net planned for the configuration.
+            ValueError: if the preset needs more stages than nnU-Net planned for the configuration, or
+                wraps another network than the one planned.
         """
+        network_class = validate_architecture(self.network_class_name, self.arch_kwargs)
+        wrapped = getattr(network_class, "wrapped_architecture", None)
+        if wrapped is not None:
+            return self._wrapped_architecture(wrapped, configuration_name, configuration)
         topology = {key: planned[key] for key in TOPOLOGY_KEYS}
         if self.stages is not None:
             n_stages = self.stages["n_stages"]
@@ -61,12 +66,34 @@ class Preset:
                 kernel_sizes=planned["kernel_sizes"][:n_stages],
                 strides=planned["strides"][:n_stages],
             )
-        network_class = validate_architecture(self.network_class_name, self.arch_kwargs)
         from_configuration = {name: configuration[name] for name in PLANS_CONFIGURATION_ARGUMENTS.get(network_class, ())}
         return {
             "network_class_name": self.network_class_name,
             "arch_kwargs": {**topology, **from_configuration, **self.arch_kwargs},
             "_kw_requires_import": ["conv_op"],
+        }
+
+    def _wrapped_architecture(
+        self, wrapped: type, configuration_name: str, configuration: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A wrapper of nnU-Net's planned network (DTC) keeps the whole planned architecture and adds its own
+        arguments.
+
+        Raises:
+            ValueError: the configuration's planned network is not the one the preset wraps.
+        """
+        planned = configuration["architecture"]
+        wrapped_name = f"{wrapped.__module__}.{wrapped.__qualname__}"
+        if planned["network_class_name"] != wrapped_name:
+            raise ValueError(
+                f"Preset {self.name!r} wraps {wrapped.__name__} but '{configuration_name}' plans "
+                f"{planned['network_class_name'].rsplit('.', 1)[-1]}; choose the preset for that network "
+                f"(`nnunet-deconver presets`)."
+            )
+        return {
+            "network_class_name": self.network_class_name,
+            "arch_kwargs": {**planned["arch_kwargs"], **self.arch_kwargs},
+            "_kw_requires_import": list(planned.get("_kw_requires_import", [])),
         }
 
 

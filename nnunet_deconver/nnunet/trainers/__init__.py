@@ -8,6 +8,16 @@ from nnunet_deconver.nnunet.trainers.deconver import (
     nnUNetTrainerDeconver_k5,
     nnUNetTrainerDeconver_smoke,
 )
+from nnunet_deconver.nnunet.trainers.dtc import (
+    nnUNetTrainerDeconverDTC,
+    nnUNetTrainerDTC,
+    nnUNetTrainerDTC_demo,
+    nnUNetTrainerDTC_rf2,
+    nnUNetTrainerDTC_rf10,
+    nnUNetTrainerDTC_rfinf,
+    nnUNetTrainerDTC_smoke,
+    nnUNetTrainerResEncDTC,
+)
 from nnunet_deconver.nnunet.trainers.factorizer import (
     nnUNetTrainerFactorizerGlobal,
     nnUNetTrainerFactorizerLocal,
@@ -23,9 +33,17 @@ __all__ = [
     "nnUNetTrainerDeconver_k3",
     "nnUNetTrainerDeconver_k5",
     "nnUNetTrainerDeconver_smoke",
+    "nnUNetTrainerDTC",
+    "nnUNetTrainerDTC_demo",
+    "nnUNetTrainerDTC_rf10",
+    "nnUNetTrainerDTC_rf2",
+    "nnUNetTrainerDTC_rfinf",
+    "nnUNetTrainerDTC_smoke",
+    "nnUNetTrainerDeconverDTC",
     "nnUNetTrainerFactorizerGlobal",
     "nnUNetTrainerFactorizerLocal",
     "nnUNetTrainerFactorizerSwin",
     "nnUNetTrainerFactorizerSwin_demo",
     "nnUNetTrainerFactorizerSwin_smoke",
+    "nnUNetTrainerResEncDTC",
 ]
