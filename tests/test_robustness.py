@@ -1,7 +1,7 @@
-"""Deconver under the runtime conditions nnU-Net trains and predicts with.
+"""Deconver and Factorizer under the runtime conditions nnU-Net trains and predicts with.
 
 * mixed precision: nnU-Net trains under ``torch.autocast`` (fp16 on CUDA); emulated here with CPU
-  autocast in bfloat16 and float16, module by module against float32;
+  autocast in bfloat16 and float16, module by module against float32 (a small Swin Factorizer too);
 * ``torch.compile`` (inductor on CPU) against eager, with deep supervision toggled between calls;
 * ``DistributedDataParallel`` (gloo, 2 CPU processes, ``find_unused_parameters=False`` as nnU-Net
   uses it) with deep supervision on and off;
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 from datetime import timedelta
@@ -26,7 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnunet_deconver.architectures import DeconverUNet
+from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
+from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
 from nnunet_deconver.layers import NonnegativeDeconvolution
+from nnunet_deconver.layers.nmf import NMF
 
 ANISO_KERNELS_3D = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
 ANISO_STRIDES_3D = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]
@@ -43,6 +47,20 @@ def _net_3d(deep_supervision: bool = True, input_channels: int = 2, num_classes:
                         num_classes, deep_supervision=deep_supervision)
 
 
+def _factorizer_2d(deep_supervision: bool = True, input_channels: int = 2, num_classes: int = 3) -> FactorizerUNet:
+    """A small Swin Factorizer: E = 4, window 4 (padded windows at 16 x 24 / 2), embedding for 32 x 32."""
+    return FactorizerUNet(input_channels, 3, [8, 16, 32], nn.Conv2d, 3, [1, 2, 2], num_classes,
+                          deep_supervision=deep_supervision, matricize="swin", head_dim=4, window=4,
+                          patch_size=(32, 32))
+
+
+def _learning_signal_layers(net: nn.Module) -> list[Tensor]:
+    """The family-specific weights whose gradients show that the block's core operator learns."""
+    ndc = [m.weight for m in net.modules() if isinstance(m, NonnegativeDeconvolution)]
+    nmf = [m.project_in.weight for m in net.modules() if isinstance(m, WrappedNMF)]
+    return ndc + nmf
+
+
 # (builder, input shape for the module-by-module comparison, input shape for the backward check).
 # 3-D: the strides' product is (2, 8, 8); the comparison uses a 4 x 4 x 4 bottleneck (instance norms
 # over very few voxels amplify rounding errors beyond what real patches see), the cheaper backward
@@ -50,6 +68,7 @@ def _net_3d(deep_supervision: bool = True, input_channels: int = 2, num_classes:
 NETWORKS = {
     "2d": (_net_2d, (2, 2, 32, 32), (2, 2, 16, 16)),
     "3d-aniso": (_net_3d, (1, 2, 8, 32, 32), (1, 2, 4, 16, 16)),
+    "factorizer-swin-2d": (_factorizer_2d, (2, 2, 32, 32), (2, 2, 16, 24)),
 }
 
 
@@ -135,11 +154,13 @@ def test_every_module_under_cpu_autocast_is_finite_and_close_to_fp32(network: st
     # Every module that has a forward pass of its own runs with deep supervision: all but the
     # containers and the NDC layers' internals (which an NDC implementation may use functionally).
     ndc_names = [name for name, module in net.named_modules() if isinstance(module, NonnegativeDeconvolution)]
+    nmf_names = [name for name, module in net.named_modules() if isinstance(module, NMF)]
     expected = {
         name or "<network>" for name, module in net.named_modules()
         if not isinstance(module, (nn.ModuleList, nn.ModuleDict)) and not any(name.startswith(n + ".") for n in ndc_names)
     }
-    assert ndc_names and expected <= set(reference), sorted(expected - set(reference))
+    assert (ndc_names or nmf_names) and expected <= set(reference), sorted(expected - set(reference))
+    assert set(nmf_names) <= expected
     assert set(half) == set(reference)
 
     tolerance = ROUNDINGS_TOLERATED * UNIT_ROUNDOFF[dtype]
@@ -184,8 +205,8 @@ def test_backward_under_cpu_autocast_gives_finite_gradients(network: str, deep_s
         assert parameter.grad is not None, f"{name} gets no gradient"
         assert parameter.grad.dtype == torch.float32, name
         assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient under {dtype} autocast"
-    ndc_grads = [m.weight.grad for m in net.modules() if isinstance(m, NonnegativeDeconvolution)]
-    assert any(g.abs().sum() > 0 for g in ndc_grads), "the NDC filters get no learning signal"
+    core = _learning_signal_layers(net)
+    assert core and all(w.grad.abs().sum() > 0 for w in core), "the NDC / NMF layers get no learning signal"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,11 +223,12 @@ def _max_abs_diff(a, b) -> float:
 
 
 @pytest.mark.slow
-def test_inductor_compiled_2d_training_step_matches_eager_with_deep_supervision_toggled() -> None:
+@pytest.mark.parametrize("build", [_net_2d, _factorizer_2d], ids=["deconver", "factorizer-swin"])
+def test_inductor_compiled_2d_training_step_matches_eager_with_deep_supervision_toggled(build) -> None:
     """Compiled forward and backward equal eager; toggling decoder.deep_supervision recompiles."""
     torch._dynamo.reset()
     torch.manual_seed(2)
-    net = _net_2d(deep_supervision=True, input_channels=1, num_classes=2)
+    net = build(deep_supervision=True, input_channels=1, num_classes=2)
     compiled = torch.compile(net, backend="inductor")
     x = torch.randn(2, 1, 16, 24)
     target = torch.randint(0, 2, (2, 16, 24))
@@ -229,6 +251,18 @@ def test_inductor_compiled_2d_training_step_matches_eager_with_deep_supervision_
             scale = max(grad.abs().max().item(), 1e-3)
             diff = (compiled_grads[name] - grad).abs().max().item()
             assert diff <= COMPILE_TOLERANCE * scale, f"{name}: gradient differs by {diff:.3g} (scale {scale:.3g})"
+    torch._dynamo.reset()
+
+
+def test_factorizer_compiles_into_one_graph_without_breaks() -> None:
+    """torch.compile sees the whole Factorizer as one graph: a graph break inside the NMF layer (the
+    seeded initial factors) made dynamo recompile the rest per layer with dynamic shapes, which
+    inductor then failed to lower ("cannot determine truth value of Relational"). Tracing only, fast."""
+    torch._dynamo.reset()
+    net = _factorizer_2d(deep_supervision=True, input_channels=1, num_classes=2)
+    explanation = torch._dynamo.explain(net)(torch.randn(1, 1, 16, 24))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
     torch._dynamo.reset()
 
 
@@ -278,10 +312,13 @@ def _nnunet_ddp_loss(deep_supervision: bool, n_outputs: int) -> nn.Module:
     return DeepSupervisionWrapper(RobustCrossEntropyLoss(), weights / weights.sum())
 
 
+DDP_FAMILIES = {"deconver": _net_2d, "factorizer-swin": _factorizer_2d}
+
+
 def ddp_training_worker(rank: int, world_size: int, init_method: str, out_dir: str) -> None:
     """One DDP rank: nnU-Net's wrapping, toggling and loss, a few SGD steps on this rank's own data.
 
-    For deep supervision on, then off, a fresh network (same seed on every rank) is wrapped like
+    For each family and deep supervision on, then off, a fresh network (same seed on every rank) is wrapped like
     nnUNetTrainer does (``find_unused_parameters`` left False), the flag is set through
     ``.module.decoder`` like ``set_deep_supervision_enabled`` does, and DDP_STEPS steps run.
     Module level so that the "spawn" start method can pickle it.
@@ -290,9 +327,9 @@ def ddp_training_worker(rank: int, world_size: int, init_method: str, out_dir: s
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=120))
     try:
-        for deep_supervision in (True, False):
+        for (family, build), deep_supervision in itertools.product(DDP_FAMILIES.items(), (True, False)):
             torch.manual_seed(0)
-            net = _net_2d(deep_supervision=True, input_channels=1, num_classes=2)
+            net = build(deep_supervision=True, input_channels=1, num_classes=2)
             initial = _flat_parameters(net).clone()
             ddp = nn.parallel.DistributedDataParallel(net, find_unused_parameters=False)
             ddp.module.decoder.deep_supervision = deep_supervision
@@ -316,7 +353,7 @@ def ddp_training_worker(rank: int, world_size: int, init_method: str, out_dir: s
                 losses.append(loss.item())
             torch.save({"initial": initial, "final": _flat_parameters(net), "losses": losses,
                         "grads_missing": [n for n, p in net.named_parameters() if p.grad is None]},
-                       os.path.join(out_dir, f"ds{int(deep_supervision)}_rank{rank}.pt"))
+                       os.path.join(out_dir, f"{family}_ds{int(deep_supervision)}_rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -324,14 +361,16 @@ def ddp_training_worker(rank: int, world_size: int, init_method: str, out_dir: s
 def test_ddp_gloo_two_processes_train_in_sync_with_deep_supervision_on_and_off(tmp_path) -> None:
     """find_unused_parameters=False: steps run with DS on and off; both ranks end with identical, updated weights.
 
-    One spawn covers both modes (starting processes dominates the cost). A rank failing, e.g.
-    DDP's "parameters that were not used in producing loss" error, fails the test.
+    One spawn covers both modes and both families, Deconver and a Swin Factorizer (starting processes
+    dominates the cost). A rank failing, e.g. DDP's "parameters that were not used in producing loss"
+    error, fails the test.
     """
     init_method = f"file://{tmp_path / 'rendezvous'}"  # no port to race for
     mp.spawn(ddp_training_worker, args=(DDP_WORLD_SIZE, init_method, str(tmp_path)), nprocs=DDP_WORLD_SIZE,
              join=True)
-    for deep_supervision in (1, 0):
-        results = [torch.load(tmp_path / f"ds{deep_supervision}_rank{rank}.pt") for rank in range(DDP_WORLD_SIZE)]
+    for family, deep_supervision in itertools.product(DDP_FAMILIES, (1, 0)):
+        results = [torch.load(tmp_path / f"{family}_ds{deep_supervision}_rank{rank}.pt")
+                   for rank in range(DDP_WORLD_SIZE)]
         for result in results:
             assert not result["grads_missing"], result["grads_missing"]
             assert all(np.isfinite(result["losses"]))

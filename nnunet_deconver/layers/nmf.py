@@ -37,13 +37,21 @@ _INIT_CACHE_SIZE = 16
 _init_cache: dict[tuple, Tensor] = {}
 
 
-@torch.compiler.disable
 def initial_factor(rows: int, rank: int, which: Literal["F", "G"], like: Tensor) -> Tensor:
     """U(0, 1) initial factor of shape (rows, rank), the same for every call with the same arguments.
 
     Drawn on the CPU in float64 from a generator seeded per factor, then cast and moved to ``like``'s
     dtype and device; a small cache keeps the last few so that repeated forward passes copy nothing.
+    Under torch.compile the draw is an opaque custom op: the graph has no break, so it stays one
+    static-shape graph (a break here made the code after it recompile per layer with dynamic shapes,
+    which inductor failed to lower).
     """
+    if torch.compiler.is_compiling():
+        return _initial_factor_op(like.detach(), rows, rank, which)
+    return _cached_initial_factor(rows, rank, which, like)
+
+
+def _cached_initial_factor(rows: int, rank: int, which: str, like: Tensor) -> Tensor:
     key = (rows, rank, which, like.dtype, like.device)
     cached = _init_cache.get(key)
     if cached is None:
@@ -56,6 +64,16 @@ def initial_factor(rows: int, rank: int, which: Literal["F", "G"], like: Tensor)
             _init_cache.pop(next(iter(_init_cache)))
         _init_cache[key] = cached
     return cached
+
+
+@torch.library.custom_op("nnunet_deconver::nmf_initial_factor", mutates_args=())
+def _initial_factor_op(like: Tensor, rows: int, rank: int, which: str) -> Tensor:
+    return _cached_initial_factor(rows, rank, which, like).clone()
+
+
+@_initial_factor_op.register_fake
+def _(like: Tensor, rows: int, rank: int, which: str) -> Tensor:
+    return like.new_empty(rows, rank)
 
 
 def _mu_update(f: Tensor, a: Tensor, b: Tensor, eps: float) -> Tensor:

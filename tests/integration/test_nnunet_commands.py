@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 DATASET_ID = 991
 TRAINER = "nnUNetTrainerDeconver_smoke"
+FACTORIZER_TRAINER = "nnUNetTrainerFactorizerSwin_smoke"
 CONFIGURATIONS = ("2d", "3d_fullres")
 
 
@@ -49,9 +50,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[NnUNetFolders, MN
     return folders, dataset
 
 
-def model_folder(folders: NnUNetFolders, configuration: str) -> Path:
+def model_folder(folders: NnUNetFolders, configuration: str, trainer: str = TRAINER) -> Path:
     (dataset_folder,) = folders.results.glob(f"Dataset{DATASET_ID}_*")
-    return dataset_folder / f"{TRAINER}__nnUNetPlans__{configuration}"
+    return dataset_folder / f"{trainer}__nnUNetPlans__{configuration}"
 
 
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
@@ -103,3 +104,37 @@ def test_derived_plans_train_and_predict_with_p(trained, tmp_path: Path) -> None
     run(["nnUNetv2_predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID), "-c", "2d",
          "-f", "0", "-p", "nnUNetDeconverPlans", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], folders)
     assert sorted(p.name for p in output.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in dataset.test_cases]
+
+
+@pytest.fixture(scope="module")
+def factorizer_trained(trained) -> tuple[NnUNetFolders, MNI152Dataset]:
+    """The Swin Factorizer smoke trainer on the same plans and preprocessed data, both configurations."""
+    folders, dataset = trained
+    for configuration in CONFIGURATIONS:
+        run(["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", FACTORIZER_TRAINER, "-device", "cpu"],
+            folders)
+    return folders, dataset
+
+
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_factorizer_trains_and_predicts(factorizer_trained, configuration: str, tmp_path: Path) -> None:
+    """nnUNetv2_train / nnUNetv2_predict -tr nnUNetTrainerFactorizerSwin_smoke: a Factorizer checkpoint
+    (NMF projections, positional embedding), validation, and segmentations of the held-out cases."""
+    folders, dataset = factorizer_trained
+    fold = model_folder(folders, configuration, FACTORIZER_TRAINER) / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == FACTORIZER_TRAINER
+    weights = checkpoint["network_weights"]
+    assert any(".nmf_branch." in key and key.endswith("project_in.weight") for key in weights)
+    assert sum(key.endswith(".embedding") for key in weights) == 1
+    assert not any(".ndc." in key for key in weights)
+    assert (fold / "validation" / "summary.json").is_file()
+    output = tmp_path / "prediction"
+    run(["nnUNetv2_predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID),
+         "-c", configuration, "-f", "0", "-tr", FACTORIZER_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
+        folders)
+    for case in dataset.test_cases:
+        predicted = np.asarray(nib.load(output / f"{case}.nii.gz").dataobj)
+        reference = np.asarray(nib.load(dataset.labels_ts / f"{case}.nii.gz").dataobj)
+        assert predicted.shape == reference.shape
+        assert set(np.unique(predicted)) <= {0, 1, 2}
