@@ -75,6 +75,13 @@ def initial_factors(rows: int, columns: int, rank: int) -> tuple[Tensor, Tensor]
     return initial_factor(rows, rank, "F", like).clone(), initial_factor(columns, rank, "G", like).clone()
 
 
+def data_scaled(f0: Tensor, x: Tensor) -> Tensor:
+    """The package factorizes X / max(X) and gives F the scale back, which for the paper's algorithms
+    is the same as starting F at U(0, 1) * max(X): the references start there. (For R = 1 and for MU
+    the start's scale does not matter at all; for HALS with R > 1 it does.)"""
+    return f0 * x.max()
+
+
 def random_nonnegative(rows: int, columns: int, seed: int, rank: int | None = None) -> Tensor:
     """Uniform noise, or (with ``rank``) a positive rank-``rank`` matrix plus a little noise."""
     generator = torch.Generator().manual_seed(seed)
@@ -121,8 +128,8 @@ def test_rank_r_updates_match_the_column_by_column_algorithms(solver: str, rank:
     """Algorithm 1 (MU) and Algorithm 2 (HALS, sequential column updates) for R > 1."""
     x = random_nonnegative(6, 11, seed=rank, rank=rank)
     f0, g0 = initial_factors(6, 11, rank)
-    f_ref, g_ref = REFERENCES[solver](x, f0, g0, 4)
-    f, g = nmf(x, rank=rank, iterations=4, solver=solver)
+    f_ref, g_ref = REFERENCES[solver](x, data_scaled(f0, x), g0, 4)
+    f, g = nmf(x, rank=rank, iterations=4, solver=solver, eps=0.0)  # the references have no eps
     torch.testing.assert_close(f, f_ref, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-9)
 
@@ -131,6 +138,7 @@ def test_hals_updates_columns_sequentially_not_jacobi_style() -> None:
     """Guard for the reference above: a Jacobi-style HALS (all columns from the old F) would differ."""
     x = random_nonnegative(6, 11, seed=7, rank=3)
     f0, g0 = initial_factors(6, 11, 3)
+    f0 = data_scaled(f0, x)
     a, b = x @ g0, g0.T @ g0
     jacobi = torch.clamp((a - f0 @ b + f0 * torch.diag(b)) / torch.diag(b), min=0)
     sequential = _hals_sweep(x, f0, g0)
@@ -223,10 +231,10 @@ def test_extreme_magnitudes_stay_finite(solver: str, scale: float) -> None:
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("scale", [1e-2, 1e2, 1e6, 1e12])
+@pytest.mark.parametrize("scale", [1e-30, 1e-6, 1e-2, 1e2, 1e6, 1e12, 1e25])
 def test_scale_equivariance_in_float32(solver: str, scale: float) -> None:
-    """NMF(sX) = s NMF(X) (eq. 14 is homogeneous). Below ~1e-3 the eps = 1e-8 added to ||f||^2 is no
-    longer negligible and the equivariance degrades; that range is not claimed here."""
+    """NMF(sX) = s NMF(X) (eq. 14 is homogeneous) over the whole float32 range: the iterations run on
+    X / max(X), so eps = 1e-8 stays relative to the data and no product under- or overflows."""
     torch.manual_seed(0)
     x = torch.rand(3, 8, 40)
     layer = NMF(rank=1, iterations=5, solver=solver)
@@ -287,10 +295,11 @@ def test_masked_columns_anywhere_drop_out_of_the_factorization(solver: str, rank
     real = torch.tensor([c % 4 != 3 for c in range(16)])  # a 4 x 4 window padded from 4 x 3
     x = x * real
     batch = torch.stack([x, 2 * x])  # the mask broadcasts over leading batch axes
-    f, g = nmf(batch, rank=rank, iterations=4, solver=solver, column_mask=real.float())
+    eps = 0.0 if solver == "hals" else 1e-8  # as the references (MU needs eps for the 0/0 of masked rows)
+    f, g = nmf(batch, rank=rank, iterations=4, solver=solver, column_mask=real.float(), eps=eps)
     f0, g0 = initial_factors(4, 16, rank)
     for k, scale in enumerate((1, 2)):
-        f_ref, g_ref = REFERENCES[solver](scale * x[:, real], f0, g0[real], 4)
+        f_ref, g_ref = REFERENCES[solver](scale * x[:, real], data_scaled(f0, scale * x), g0[real], 4)
         torch.testing.assert_close(f[k], f_ref, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(g[k][real], g_ref, rtol=1e-6, atol=1e-9)
         assert torch.equal(g[k][~real], torch.zeros_like(g[k][~real]))

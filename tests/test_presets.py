@@ -79,6 +79,8 @@ def test_factorizer_presets_carry_the_planned_patch_size_for_the_positional_embe
         ({"dimension": 3, "network_class_name": "nnunet_deconver.architectures.deconver_unet.DeconverUNet",
           "arch_kwargs": {"kernel": 3}}, r"Unknown hyper-parameter\(s\) \['kernel'\] for DeconverUNet"),
         ({"dimension": 4, "network_class_name": "x"}, "'dimension' must be 2 or 3"),
+        ({"dimension": 3, "network_class_name": "nnunet_deconver.architectures.dtc_upsampling.DTCPlainConvUNet",
+          "arch_kwargs": {"dtc": {"receptive_feild": 2}}}, r"Unknown DTC setting\(s\) \['receptive_feild'\]"),
         ({"dimension": 2, "network_class_name": "x", "colour": 1}, r"unknown keys \['colour'\]"),
     ],
 )

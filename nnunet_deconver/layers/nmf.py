@@ -8,7 +8,9 @@ of a block coordinate descent on ||X - F G^T||^2 (eq. 10-11):
   with A = X G, B = G^T G, then the same for G with A = X^T F, B = F^T F.
 
 For R = 1 both reduce to eq. (14): f <- X g / ||g||^2, g <- X^T f / ||f||^2. ``eps`` is added to every
-denominator, so an all-zero matrix gives all-zero factors instead of 0/0. Gradients flow through all
+denominator, so an all-zero matrix gives all-zero factors instead of 0/0; the iterations run on
+X / max(X) (per matrix) and F takes the scale back, so eps is relative to the data and the result is
+scale-equivariant for any magnitude of X. Gradients flow through all
 iterations (plain autograd; every step is a matrix product or an elementwise operation). The layer
 outputs the reconstruction F G^T.
 
@@ -128,11 +130,19 @@ def nmf(
     if column_mask is not None:
         g = (g * column_mask.to(x.dtype).unsqueeze(-1)).expand(*batch_shape, columns, rank)
     g = g.expand(*batch_shape, columns, rank).reshape(-1, columns, rank)
+    # Factorize X / s, s = max(X) per matrix, without forming it (the products are scaled instead), and
+    # give the scale back to F: the result is exactly scale-equivariant, eps stays relative to the data
+    # and no product over- or underflows. (Equivalently, F starts at U(0, 1) * max(X).)
+    scale = x.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    if solver == "mu" or rank == 1:  # these iterates do not depend on F's starting scale: s is a constant
+        scale = scale.detach()
+    inverse = scale.reciprocal()
     for _ in range(iterations):
-        f = update(f, torch.bmm(x, g), torch.bmm(g.transpose(1, 2), g), eps)
+        f = update(f, torch.bmm(x, g) * inverse, torch.bmm(g.transpose(1, 2), g), eps)
         # X^T F as (F^T X)^T: X is read in its own layout, never copied transposed.
-        g = update(g, torch.bmm(f.transpose(1, 2), x).transpose(1, 2), torch.bmm(f.transpose(1, 2), f), eps)
-    return f.reshape(*batch_shape, rows, rank), g.reshape(*batch_shape, columns, rank)
+        xt_f = torch.bmm(f.transpose(1, 2), x).transpose(1, 2) * inverse
+        g = update(g, xt_f, torch.bmm(f.transpose(1, 2), f), eps)
+    return (f * scale).reshape(*batch_shape, rows, rank), g.reshape(*batch_shape, columns, rank)
 
 
 class NMF(nn.Module):

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from nnunet_deconver.architectures.deconver_unet import DeconverUNet
-from nnunet_deconver.architectures.dtc_upsampling import DTCPlainConvUNet, DTCResidualEncoderUNet
+from nnunet_deconver.architectures.dtc_upsampling import DTCPlainConvUNet, DTCResidualEncoderUNet, check_dtc_settings
 from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -46,7 +46,7 @@ def validate_architecture(network_class_name: str, arch_kwargs: Mapping[str, Any
     """Return the class a plans file names, after checking its hyper-parameter names.
 
     Raises:
-        ValueError: one line naming the unknown class or hyper-parameter and what is allowed.
+        ValueError: one line naming the unknown class, hyper-parameter or DTC setting and what is allowed.
     """
     cls = ARCHITECTURES.get(network_class_name)
     if cls is None:
@@ -59,4 +59,6 @@ def validate_architecture(network_class_name: str, arch_kwargs: Mapping[str, Any
         raise ValueError(
             f"Unknown hyper-parameter(s) {unknown} for {cls.__name__}; valid ones are {sorted(accepted)}."
         )
+    if arch_kwargs.get("dtc") is not None:
+        check_dtc_settings(arch_kwargs["dtc"])
     return cls

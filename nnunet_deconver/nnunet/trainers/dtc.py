@@ -110,3 +110,13 @@ class nnUNetTrainerDeconverDTC(nnUNetTrainerDeconver):
     @classmethod
     def default_network(cls, topology: dict[str, Any], configuration_manager: ConfigurationManager) -> dict[str, Any]:
         return {**super().default_network(topology, configuration_manager), "dtc": dict(nnUNetTrainerDTC.dtc_settings)}
+
+    @classmethod
+    def check_planned_architecture(cls, arch_kwargs: dict[str, Any]) -> None:
+        super().check_planned_architecture(arch_kwargs)
+        if arch_kwargs.get("dtc") is None:
+            raise ValueError(
+                f"{cls.__name__} trains Deconver with DTC upsampling but the plans prescribe a Deconver without "
+                f"'dtc'; train these plans with nnUNetTrainerDeconver (or nnUNetTrainer), or derive plans with a "
+                f"deconver-dtc-* preset."
+            )
