@@ -4,7 +4,9 @@ Runs side by side, in one process with 2 intra-op threads, at the same input sha
 
     (a)  NonnegativeDeconvolution(memory_efficient=False): the plain autograd graph of ndc_update
     (a') the same with a channels-last input (context: how much of the gap is memory layout)
-    (b)  NonnegativeDeconvolution(memory_efficient=True): ndc_update_lean, hand-written backward
+    (b)  NonnegativeDeconvolution(memory_efficient=True): ndc_update_lean, hand-written backward, on
+         its torch path (NNUNET_DECONVER_NDC_KERNEL=torch)
+    (b') the same on the fused C++ CPU kernel (NNUNET_DECONVER_NDC_KERNEL=cpp, the default on CPU)
     (c)  a dense nn.Conv3d / nn.Conv2d(C, C, 3, padding=1); for a 5x5 NDC also (c') the dense 5x5
 
 Timings are the median of ``--repeats`` runs after one warm-up: "fwd" is the training forward
@@ -32,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_deconver.analysis.memory import saved_tensor_bytes
-from nnunet_deconver.layers import NonnegativeDeconvolution
+from nnunet_deconver.layers import NonnegativeDeconvolution, ndc_cpu_kernel
 
 THREADS = 2
 
@@ -83,7 +85,9 @@ def _median_time(run: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _measure(variant: str, module: nn.Module, x: Tensor, repeats: int) -> Result:
+def _measure(variant: str, module: nn.Module, x: Tensor, repeats: int, ndc_kernel: str = "auto") -> Result:
+    """Time ``module`` with NNUNET_DECONVER_NDC_KERNEL=``ndc_kernel`` (torch path or C++ kernel)."""
+    os.environ[ndc_cpu_kernel.ENVIRONMENT_VARIABLE] = ndc_kernel
     saved, output = _saved_bytes(module, x)
     # The same random output gradient for every variant, in the output's own memory layout (as the
     # next layer would pass it back).
@@ -120,16 +124,19 @@ def run_case(case: Case, repeats: int) -> list[Result]:
     results = [
         _measure("(a) plain autograd NDC", plain, x, repeats),
         _measure("(a') plain autograd NDC, channels-last input", plain, x_channels_last, repeats),
-        _measure("(b) lean NDC (ndc_update_lean)", lean, x, repeats),
+        _measure("(b) lean NDC (ndc_update_lean), torch path", lean, x, repeats, ndc_kernel="torch"),
+        _measure("(b') lean NDC, fused C++ CPU kernel", lean, x, repeats, ndc_kernel="cpp"),
         _measure(f"(c) dense {conv.__name__}(C, C, 3)", conv(case.channels, case.channels, 3, padding=1), x, repeats),
     ]
     if case.kernel != 3:
         dense_same_kernel = conv(case.channels, case.channels, case.kernel, padding=case.kernel // 2)
         results.append(_measure(f"(c') dense {conv.__name__}(C, C, {case.kernel})", dense_same_kernel, x, repeats))
-    plain_out, lean_out = results[0].output, results[2].output
-    assert plain_out is not None and lean_out is not None
-    error = float((lean_out - plain_out).abs().max() / plain_out.abs().max())
-    print(f"  max |lean - plain| / max |plain| = {error:.1e}", flush=True)
+    plain_out = results[0].output
+    assert plain_out is not None
+    for lean_result in results[2:4]:
+        assert lean_result.output is not None
+        error = float((lean_result.output - plain_out).abs().max() / plain_out.abs().max())
+        print(f"  {lean_result.variant}: max |lean - plain| / max |plain| = {error:.1e}", flush=True)
     return results
 
 
@@ -140,7 +147,7 @@ def markdown_table(tables: list[tuple[Case, list[Result]]]) -> str:
     ]
     for case, results in tables:
         unit_bytes = case.channels * torch.Size(case.spatial).numel() * 4  # U in float32 bytes
-        plain, dense = results[0], results[3]
+        plain, dense = results[0], results[4]
         for result in results:
             lines.append(
                 f"| {case.label} | {result.variant} | {result.forward_s * 1e3:.0f} | "
@@ -173,6 +180,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(THREADS)
+    start = time.perf_counter()
+    if ndc_cpu_kernel.extension() is None:
+        raise SystemExit("the NDC C++ CPU kernel does not build here")
+    print(f"NDC C++ kernel ready in {time.perf_counter() - start:.1f} s (compiled on first use, then cached)")
     tables = [(case, run_case(case, args.repeats)) for case in (QUICK_CASES if args.quick else FULL_CASES)]
     report = f"{markdown_table(tables)}\n\n{environment()}, median of {args.repeats} runs after 1 warm-up\n"
     print("\n" + report)

@@ -10,12 +10,12 @@ short-circuited layers) are exercised on a built network.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from learning_check import assert_a_few_adam_steps_reduce_the_loss
 
 from nnunet_deconver.analysis.complexity import measure_complexity
 from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
@@ -184,20 +184,7 @@ def test_a_few_adam_steps_reduce_the_loss() -> None:
     """15 Adam steps on a fixed 2-D batch cut cross-entropy below 70 % of its start."""
     torch.manual_seed(3)
     net = tiny_factorizer(nn.Conv2d, 3, [1, 2, 2], False, "swin", patch_size=(16, 16), num_classes=2)
-    x = torch.randn(2, 2, 16, 16)
-    target = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(net(x), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    with torch.no_grad():
-        final = F.cross_entropy(net(x), target).item()
-    assert all(math.isfinite(v) for v in losses)
-    assert final < 0.7 * losses[0], losses + [final]
+    assert_a_few_adam_steps_reduce_the_loss(net)
 
 
 # --------------------------------------------------------------------------------------------------

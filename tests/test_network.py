@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learning_check import assert_a_few_adam_steps_reduce_the_loss
+
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.layers import NonnegativeDeconvolution
 
@@ -159,20 +161,7 @@ def test_a_few_adam_steps_reduce_the_loss_2d() -> None:
     """End to end trainability: 15 Adam steps on a fixed batch cut cross-entropy below 70%."""
     torch.manual_seed(3)
     net = _tiny_net(nn.Conv2d, 3, [1, 2, 2], deep_supervision=False, num_classes=2)
-    x = torch.randn(2, 2, 16, 16)
-    target = (x[:, 0] + 0.5 * x[:, 1] > 0).long()  # a learnable, spatially varying segmentation
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(net(x), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    with torch.no_grad():
-        final = F.cross_entropy(net(x), target).item()
-    assert all(math.isfinite(v) for v in losses)
-    assert final < 0.7 * losses[0], losses + [final]
+    assert_a_few_adam_steps_reduce_the_loss(net)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ type it; the trainer is found through this package's installed discovery hook.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -46,7 +46,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 # A module reference, not a from-import: ndc.py imports this module for NonnegativeDeconvolution.
-from nnunet_deconver.layers import ndc
+from nnunet_deconver.layers import ndc, ndc_cpu_kernel
 
 _CHANNELS_LAST: dict[int, torch.memory_format] = {2: torch.channels_last, 3: torch.channels_last_3d}
 
@@ -294,7 +294,8 @@ class NDCUpdateFunction(torch.autograd.Function):
     Computes in float32 or float64 (the promoted dtype of the inputs, at least float32) with
     autocast disabled. On the meta device (shape, FLOP and memory profiling) the forward evaluates
     :func:`ndc_update` instead, so FLOP counters see the operations of eq. (7) rather than this
-    implementation's (which adds zero blocks to merged groups); what is saved is the same.
+    implementation's (which adds zero blocks to merged groups); what is saved is the same. On CPU
+    with G = C both directions run the fused kernel of :mod:`ndc_cpu_kernel` where it is available.
     """
 
     @staticmethod
@@ -309,9 +310,12 @@ class NDCUpdateFunction(torch.autograd.Function):
     ) -> Tensor:
         dtype = torch.promote_types(torch.promote_types(observation.dtype, source.dtype), filters.dtype)
         dtype = torch.promote_types(dtype, torch.float32)
+        fused = ndc_cpu_kernel.use_kernel(observation, filters, groups, dtype)
         with autocast_disabled(observation):
             if observation.is_meta:  # shapes only (profiling): let FLOP counters see the ops of eq. (7)
                 out = ndc.ndc_update(observation.to(dtype), source.to(dtype), filters.to(dtype), groups, iterations, eps)
+            elif fused:
+                out = ndc_cpu_kernel.update(observation, source, filters.to(dtype), iterations, eps)
             else:
                 ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=False)
                 obs = _compute_layout(observation.to(dtype))
@@ -320,6 +324,7 @@ class NDCUpdateFunction(torch.autograd.Function):
                     out = _update_step(ops, obs, out)
         ctx.save_for_backward(observation, source, filters)
         ctx.groups, ctx.iterations, ctx.eps, ctx.dtype = groups, iterations, eps, dtype  # type: ignore[attr-defined]
+        ctx.fused = fused  # type: ignore[attr-defined]
         return out
 
     @staticmethod
@@ -328,19 +333,26 @@ class NDCUpdateFunction(torch.autograd.Function):
         observation, source, filters = ctx.saved_tensors
         need_observation, need_source, need_filters = ctx.needs_input_grad[:3]
         with autocast_disabled(observation):
-            ops = _Operators(filters.to(ctx.dtype), ctx.groups, ctx.eps, track_filter_grad=need_filters)
-            obs = _compute_layout(observation.to(ctx.dtype))
-            sources = [_compute_layout(source.to(ctx.dtype))]
-            for _ in range(ctx.iterations - 1):  # intermediate sources, alive during this backward only
-                sources.append(_update_step(ops, obs, sources[-1]))
-            grad_obs = torch.zeros_like(obs) if need_observation else None  # summed over the iterations
-            grad = _compute_layout(grad_output.to(ctx.dtype))
-            while sources:
-                grad = _update_step_backward(ops, grad, obs, sources.pop(), grad_obs)
+            if ctx.fused:
+                grad_obs, grad, grad_filters = ndc_cpu_kernel.update_backward(
+                    grad_output, observation, source, filters.to(ctx.dtype), ctx.iterations, ctx.eps,
+                    need_observation, need_filters,
+                )
+            else:
+                ops = _Operators(filters.to(ctx.dtype), ctx.groups, ctx.eps, track_filter_grad=need_filters)
+                obs = _compute_layout(observation.to(ctx.dtype))
+                sources = [_compute_layout(source.to(ctx.dtype))]
+                for _ in range(ctx.iterations - 1):  # intermediate sources, alive during this backward only
+                    sources.append(_update_step(ops, obs, sources[-1]))
+                grad_obs = torch.zeros_like(obs) if need_observation else None  # summed over the iterations
+                grad = _compute_layout(grad_output.to(ctx.dtype))
+                while sources:
+                    grad = _update_step_backward(ops, grad, obs, sources.pop(), grad_obs)
+                grad_filters = ops.filter_grad() if need_filters else None
         return (
             grad_obs.to(observation.dtype) if grad_obs is not None else None,
             grad.to(source.dtype) if need_source else None,
-            ops.filter_grad().to(filters.dtype) if need_filters else None,
+            grad_filters.to(filters.dtype) if grad_filters is not None else None,
             None,
             None,
             None,

@@ -6,7 +6,6 @@ installed package alone, exactly as after ``pip install``.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
