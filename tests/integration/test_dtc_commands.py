@@ -26,13 +26,15 @@ DTC_TRAINER = "nnUNetTrainerDTC_smoke"
 
 @pytest.fixture(scope="module")
 def dtc_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[NnUNetFolders, MNI152Dataset]:
-    """Plan + preprocess both configurations and train fold 0 of each with the DTC smoke trainer."""
+    """Plan + preprocess both configurations and train fold 0 of each with the DTC smoke trainer (--npz, which
+    nnUNetv2_find_best_configuration needs)."""
     folders = NnUNetFolders.inside(tmp_path_factory.mktemp("nnunet_dtc"))
     dataset = write_mni152_dataset(folders.raw, dataset_id=DATASET_ID, n_training=6, n_test=1)
     run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *CONFIGURATIONS,
          "--verify_dataset_integrity", "-np", "1", "-npfp", "1"], folders)
     for configuration in CONFIGURATIONS:
-        run(["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", DTC_TRAINER, "-device", "cpu"], folders)
+        run(["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", DTC_TRAINER, "-device", "cpu", "--npz"],
+            folders)
     return folders, dataset
 
 
@@ -72,3 +74,12 @@ def test_dtc_offsets_draws_the_trained_2d_model(dtc_trained, tmp_path: Path) -> 
     figure = output / "dtc_sampling_offsets.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {figure}" in printed
+
+
+def test_find_best_configuration_ranks_the_dtc_models(dtc_trained) -> None:
+    """Cross-validation results of both DTC configurations feed nnU-Net's model selection and ensembling."""
+    folders, _ = dtc_trained
+    run(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", *CONFIGURATIONS, "-tr", DTC_TRAINER,
+         "-f", "0", "-np", "1"], folders)
+    (dataset_folder,) = folders.results.glob(f"Dataset{DATASET_ID}_*")
+    assert DTC_TRAINER in (dataset_folder / "inference_information.json").read_text()

@@ -6,6 +6,7 @@ installed package alone, exactly as after ``pip install``.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,29 @@ def test_factorizer_trains_and_predicts(factorizer_trained, configuration: str, 
         reference = np.asarray(nib.load(dataset.labels_ts / f"{case}.nii.gz").dataobj)
         assert predicted.shape == reference.shape
         assert set(np.unique(predicted)) <= {0, 1, 2}
+
+
+def test_factorizer_inference_settings_and_components_through_the_commands(factorizer_trained, tmp_path: Path) -> None:
+    """nnunet-deconver predict with NMF settings (recorded next to the predictions, which are never
+    overwritten) and nnunet-deconver nmf-components on the trained 2d Factorizer."""
+    folders, dataset = factorizer_trained
+    output = tmp_path / "prediction_T1"
+    predict = ["nnunet-deconver", "predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID),
+               "-c", "2d", "-f", "0", "-tr", FACTORIZER_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1",
+               "--nmf-iters", "1", "--skip-nmf-layers", "2"]
+    printed = run(predict, folders)
+    assert "T = 1, rank = 1, solver = hals; short-circuited: 2" in printed
+    assert sorted(p.name for p in output.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in dataset.test_cases]
+    assert json.loads((output / "nmf_inference_settings.json").read_text())["iterations"] == 1
+    again = subprocess.run([str(Path(sys.executable).parent / "nnunet-deconver"), *predict[1:-2]],
+                           env=folders.environment(), capture_output=True, text=True)
+    assert again.returncode == 2 and "already holds files" in again.stderr
+
+    figures = tmp_path / "components"
+    case = dataset.test_cases[0]
+    printed = run(["nnunet-deconver", "nmf-components", "-m", str(model_folder(folders, "2d", FACTORIZER_TRAINER)),
+                   "-i", str(dataset.images_ts / f"{case}_0000.nii.gz"), "-o", str(figures), "--layers", "1", "2"],
+                  folders)
+    for layer in (1, 2):
+        assert (figures / f"nmf_layer{layer:02d}_components.png").read_bytes()[:4] == b"\x89PNG"
+    assert "layer 2, encoder level 1" in printed
