@@ -25,3 +25,18 @@ def assert_a_few_adam_steps_reduce_the_loss(net: nn.Module, steps: int = 15) -> 
         final = F.cross_entropy(net(x), target).item()
     assert all(math.isfinite(v) for v in losses)
     assert final < 0.7 * losses[0], losses + [final]
+
+
+def assert_deep_supervision_backward_reaches_every_parameter(net: nn.Module, patch: tuple[int, ...]) -> None:
+    """One deep-supervision loss (2 input channels, 3 classes, targets resized to each output) reaches
+    every parameter with a finite gradient: what DDP without find_unused_parameters needs."""
+    x = torch.randn(2, 2, *patch)
+    target = torch.randint(0, 3, (2, *patch))
+    loss = sum(
+        F.cross_entropy(out, F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long())
+        for out in net(x)
+    )
+    loss.backward()
+    for name, parameter in net.named_parameters():
+        assert parameter.grad is not None, f"{name} gets no gradient"
+        assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from learning_check import assert_a_few_adam_steps_reduce_the_loss
+from learning_check import (
+    assert_a_few_adam_steps_reduce_the_loss,
+    assert_deep_supervision_backward_reaches_every_parameter,
+)
 
 from nnunet_deconver.analysis.complexity import measure_complexity
 from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
@@ -163,17 +165,7 @@ def test_every_parameter_gets_a_finite_gradient_with_deep_supervision(conv_op, k
                                                                       matricize) -> None:
     torch.manual_seed(2)
     net = tiny_factorizer(conv_op, kernel_sizes, strides, True, matricize, patch_size=patch)
-    x = torch.randn(2, 2, *patch)
-    target = torch.randint(0, 3, (2, *patch))
-    outputs = net(x)
-    loss = sum(
-        F.cross_entropy(out, F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long())
-        for out in outputs
-    )
-    loss.backward()
-    for name, parameter in net.named_parameters():
-        assert parameter.grad is not None, f"{name} gets no gradient"
-        assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
+    assert_deep_supervision_backward_reaches_every_parameter(net, patch)
     # The learning signal really passes through the NMF layers and reaches the embedding.
     assert all(layer.project_in.weight.grad.abs().sum() > 0 for layer in net.nmf_layers())
     (embedding,) = [m for m in net.modules() if isinstance(m, PositionalEmbedding)]
