@@ -64,7 +64,9 @@ def _add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
         help="parameters, FLOPs per voxel and activation memory, next to nnU-Net's PlainConvUNet",
         description="Profiles a paper preset at a patch size, or a trained nnU-Net model folder at its plans' patch "
         "and batch size, on PyTorch's meta device (no memory, seconds). FLOPs are 2 per multiply-accumulate; "
-        "'paper' leaves out the NDC-internal convolutions and counts elementwise operations (docs/deconver.md).",
+        "the 'Deconver conv.' column follows the Deconver paper: it leaves out the NDC-internal convolutions and "
+        "counts elementwise operations (docs/deconver.md); the full count, NMF products included, is the "
+        "Factorizer paper's convention (docs/factorizer.md).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="a paper preset, e.g. deconver-isles22-k3")

@@ -13,7 +13,10 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.layers import NonnegativeDeconvolution
+from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
+from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
 from nnunet_deconver.nnunet.derived_plans import derive_plans, write_derived_plans
+from nnunet_deconver.nnunet.trainers import nnUNetTrainerFactorizerLocal, nnUNetTrainerFactorizerSwin
 from nnunet_deconver.nnunet.lr_schedules import WarmupCosineLRScheduler
 from nnunet_deconver.nnunet.presets import available_presets, load_preset
 from nnunet_deconver.nnunet.trainers import nnUNetTrainerDeconver, nnUNetTrainerDeconver_k5
@@ -160,6 +163,22 @@ def test_stock_and_deconver_trainers_build_what_the_plans_prescribe() -> None:
     with pytest.raises(ValueError, match="plans prescribe 3"):
         nnUNetTrainerDeconver_k5.build_network_architecture(
             k3_plans, k3_plans.get_configuration("3d_fullres"), 2, 3, True)
+
+
+def test_stock_and_factorizer_trainers_build_the_prescribed_factorizer_with_its_embedding() -> None:
+    """nnU-Net's own nnUNetTrainer reads only arch_kwargs: the derived plans carry the patch size that
+    sizes the bridge's positional embedding."""
+    derived = derive_plans(nnunet_plans(), [load_preset("factorizer-local-3d")], "P", "nnUNetPlans")
+    plans_manager = PlansManager(derived)
+    configuration = plans_manager.get_configuration("3d_fullres")
+    for trainer in (nnUNetTrainer, nnUNetTrainerFactorizerLocal):
+        network = trainer.build_network_architecture(plans_manager, configuration, 2, 3, True)
+        assert isinstance(network, FactorizerUNet) and network.nmf_layers()[0].matricizer.kind == "local"
+        (embedding,) = [m for m in network.modules() if isinstance(m, PositionalEmbedding)]
+        assert tuple(embedding.embedding.shape[2:]) == (16 // 4, 32 // 8, 32 // 8)  # patch / stride products
+        assert [o.shape[1] for o in network(torch.rand(1, 2, 16, 32, 32))] == [3, 3, 3]
+    with pytest.raises(ValueError, match="prescribe 'local'"):
+        nnUNetTrainerFactorizerSwin.build_network_architecture(plans_manager, configuration, 2, 3, True)
 
 
 def test_warmup_cosine_schedule() -> None:

@@ -1,4 +1,8 @@
-"""Pure PyTorch operators (no nnU-Net import), generic over 1-D, 2-D and 3-D inputs."""
+"""Pure PyTorch operators (no nnU-Net import): NDC (1-D/2-D/3-D), NMF and Matricize, DTC (2-D/3-D)."""
+
+from nnunet_deconver.layers.channel_layer_norm import ChannelLayerNorm
+from nnunet_deconver.layers.dtc import DeformableTransposedConv
+from nnunet_deconver.layers.matricize import Matricized, Matricizer
 
 from nnunet_deconver.layers.ndc import (
     NonnegativeDeconvolution,
@@ -8,9 +12,18 @@ from nnunet_deconver.layers.ndc import (
     ndc_update,
 )
 from nnunet_deconver.layers.ndc_function import NDCUpdateFunction, ndc_update_lean
+from nnunet_deconver.layers.nmf import NMF, nmf
+from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
 
 __all__ = [
+    "NMF",
+    "ChannelLayerNorm",
+    "DeformableTransposedConv",
+    "Matricized",
+    "Matricizer",
     "NDCUpdateFunction",
+    "PositionalEmbedding",
+    "nmf",
     "NonnegativeDeconvolution",
     "adjoint_filters",
     "ndc_adjoint",

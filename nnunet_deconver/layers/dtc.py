@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnunet_deconver.layers.ndc_function import autocast_disabled
+from nnunet_deconver.layers.autocast import autocast_disabled
 
 BaseUpsampling = Literal["transposed", "linear"]
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}

@@ -47,6 +47,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 # A module reference, not a from-import: ndc.py imports this module for NonnegativeDeconvolution.
 from nnunet_deconver.layers import ndc, ndc_cpu_kernel
+from nnunet_deconver.layers.autocast import autocast_disabled
 
 _CHANNELS_LAST: dict[int, torch.memory_format] = {2: torch.channels_last, 3: torch.channels_last_3d}
 
@@ -102,11 +103,6 @@ def initial_source_channels_last(x: Tensor, weight: Tensor, bias: Tensor) -> Ten
     weight_t = weight.flatten(1).t().expand(batch, channels, weight.shape[0])
     out = torch.baddbmm(bias, columns, weight_t).relu_()  # (B, P, E), contiguous
     return out.unflatten(1, spatial).movedim(-1, 1)
-
-
-def autocast_disabled(tensor: Tensor) -> torch.autocast:
-    """Context disabling autocast on ``tensor``'s device (meta, which has no autocast, as CPU)."""
-    return torch.autocast("cpu" if tensor.is_meta else tensor.device.type, enabled=False)
 
 
 def _slabs(tensor: Tensor) -> Iterator[_SlabIndex]:

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nnunet_deconver.layers.ndc_function import autocast_disabled
+from nnunet_deconver.layers.autocast import autocast_disabled
 
 Solver = Literal["mu", "hals"]
 SOLVERS: tuple[str, ...] = ("mu", "hals")
