@@ -9,7 +9,7 @@ at the start of the bridge, sized from the plans' patch size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -20,7 +20,7 @@ from nnunet_deconver.architectures.unet_scaffold import StageSpec, UNetScaffold
 from nnunet_deconver.blocks.factorizer_block import FactorizerBlock
 from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
 from nnunet_deconver.layers.matricize import MatricizeKind
-from nnunet_deconver.layers.nmf import SOLVERS, Solver
+from nnunet_deconver.layers.nmf import Solver, check_nmf_settings
 from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
 
 
@@ -123,10 +123,7 @@ class FactorizerUNet(UNetScaffold):
         bad = sorted(i for i in skip_layers if not 1 <= i <= len(layers))
         if bad:
             raise ValueError(f"NMF layer(s) {bad} do not exist; this network has layers 1..{len(layers)}.")
-        if solver is not None and solver not in SOLVERS:
-            raise ValueError(f"Unknown NMF solver {solver!r}; choose one of {SOLVERS}.")
-        if (iterations is not None and iterations < 0) or (rank is not None and rank < 1):
-            raise ValueError(f"NMF needs iterations >= 0 and rank >= 1, got iterations={iterations}, rank={rank}.")
+        check_nmf_settings(rank, iterations, solver)
         for index, layer in enumerate(layers, start=1):
             layer.nmf_enabled = index not in skip_layers
             layer.nmf.iterations = layer.nmf.iterations if iterations is None else iterations
@@ -145,7 +142,3 @@ def _bridge_size(patch_size: Sequence[int], strides: int | Sequence, n_stages: i
         raise ValueError(f"Patch size {tuple(patch_size)} is too small for strides {stride_list}.")
     return tuple(size)
 
-
-def iter_factorizer_networks(module: nn.Module) -> Iterator[FactorizerUNet]:
-    """Every FactorizerUNet inside ``module`` (itself, or wrapped by torch.compile / DDP)."""
-    return (m for m in module.modules() if isinstance(m, FactorizerUNet))

@@ -37,17 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnunet_deconver.layers.autocast import autocast_disabled
+from nnunet_deconver.layers.compute import autocast_disabled, compute_dtype
 
 BaseUpsampling = Literal["transposed", "linear"]
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _TRANSPOSED = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _TRANSPOSED_FUNCTION = {2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _INTERPOLATION = {2: "bilinear", 3: "trilinear"}
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class CoordinateBranch(nn.Module):
@@ -150,7 +146,7 @@ class DeformableTransposedConv(nn.Module):
         Computed in float32 (float64 for float64 input), also under autocast.
         """
         with autocast_disabled(x):
-            raw = self.coordinates(x.to(_compute_dtype(x)))
+            raw = self.coordinates(x.to(compute_dtype(x)))
         offsets, weights = raw[:, : self.spatial_dims], raw[:, self.spatial_dims:]
         if self.offset_activation == "tanh":
             offsets = torch.tanh(offsets)

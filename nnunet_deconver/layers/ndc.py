@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnunet_deconver.layers.autocast import autocast_disabled
+from nnunet_deconver.layers.compute import autocast_disabled
 from nnunet_deconver.layers.ndc_function import initial_source_channels_last, ndc_update_lean
 
 _CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

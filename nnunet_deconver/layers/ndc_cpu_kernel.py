@@ -36,6 +36,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from nnunet_deconver.layers.compute import compute_layout
+
 ENVIRONMENT_VARIABLE = "NNUNET_DECONVER_NDC_KERNEL"
 _MODES = ("auto", "torch", "cpp")
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "ndc_cpu.cpp"
@@ -136,8 +138,7 @@ def use_kernel(observation: Tensor, filters: Tensor, groups: int, dtype: torch.d
 
 
 def _channels_last(tensor: Tensor, dtype: torch.dtype) -> Tensor:
-    memory_format = torch.channels_last_3d if tensor.dim() == 5 else torch.channels_last
-    return tensor.to(dtype).contiguous(memory_format=memory_format)
+    return compute_layout(tensor.to(dtype))
 
 
 def update(observation: Tensor, source: Tensor, filters: Tensor, iterations: int, eps: float) -> Tensor:

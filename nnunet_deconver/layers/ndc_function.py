@@ -47,9 +47,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 # A module reference, not a from-import: ndc.py imports this module for NonnegativeDeconvolution.
 from nnunet_deconver.layers import ndc, ndc_cpu_kernel
-from nnunet_deconver.layers.autocast import autocast_disabled
-
-_CHANNELS_LAST: dict[int, torch.memory_format] = {2: torch.channels_last, 3: torch.channels_last_3d}
+from nnunet_deconver.layers.compute import autocast_disabled, compute_layout, compute_memory_format
 
 _SLAB_BYTES = 16 * 2**20
 """Target size of one slab of a source-sized tensor (R*C channels). It keeps slab temporaries
@@ -62,20 +60,10 @@ _MERGED_GROUP_INPUTS = 4
 _SlabIndex = tuple[int, int, int]  # batch index, first and one-past-last plane along the slab axis
 
 
-def _compute_memory_format(tensor: Tensor) -> torch.memory_format:
-    """Channels-last for (B, C, *spatial) tensors with 2 or 3 spatial axes, else contiguous."""
-    return _CHANNELS_LAST.get(tensor.dim() - 2, torch.contiguous_format)
-
-
-def _compute_layout(tensor: Tensor) -> Tensor:
-    """``tensor`` in the compute layout, copying only if needed."""
-    return tensor.contiguous(memory_format=_compute_memory_format(tensor))
-
-
-def _empty_in_compute_layout(like: Tensor, channels: int) -> Tensor:
+def _empty_incompute_layout(like: Tensor, channels: int) -> Tensor:
     """Uninitialised (B, channels, *spatial) tensor shaped after ``like``, in the compute layout."""
     shape = (like.shape[0], channels, *like.shape[2:])
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=_compute_memory_format(like))
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=compute_memory_format(like))
 
 
 def initial_source_channels_last(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -179,12 +167,12 @@ class _Operators:
         self.depthwise = groups == channels and filters.dim() > 3
         self.sources_per_channel = group_sources
         forward_filters = filters.reshape(channels * group_sources, 1, *kernel) if self.depthwise else filters
-        self.forward_filters = _compute_layout(forward_filters)
+        self.forward_filters = compute_layout(forward_filters)
         self.forward_groups = channels * group_sources if self.depthwise else groups
         # A: cross-correlation with V^- (see ndc_adjoint), with merged groups.
         self.merge = _merge_factor(groups, channels // groups)
         self.adjoint_groups = groups // self.merge
-        self.adjoint_filters = _compute_layout(_merge_groups(ndc.adjoint_filters(filters, groups), groups, self.merge))
+        self.adjoint_filters = compute_layout(_merge_groups(ndc.adjoint_filters(filters, groups), groups, self.merge))
         self.eps_bias = filters.new_full((self.adjoint_filters.shape[0],), eps)
         self.adjoint_filter_grad = torch.zeros_like(self.adjoint_filters) if track_filter_grad else None
 
@@ -206,7 +194,7 @@ class _Operators:
 
     def full_forward_model(self, source: Tensor) -> Tensor:
         """Y = F(S) for the whole source, slab by slab."""
-        out = _empty_in_compute_layout(source, self.channels)
+        out = _empty_incompute_layout(source, self.channels)
         for index in _slabs(source):
             _slab(out, index).copy_(self.forward_model(_halo(source, index, self.halo)))
         return out
@@ -314,8 +302,8 @@ class NDCUpdateFunction(torch.autograd.Function):
                 out = ndc_cpu_kernel.update(observation, source, filters.to(dtype), iterations, eps)
             else:
                 ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=False)
-                obs = _compute_layout(observation.to(dtype))
-                out = _compute_layout(source.to(dtype))
+                obs = compute_layout(observation.to(dtype))
+                out = compute_layout(source.to(dtype))
                 for _ in range(iterations):
                     out = _update_step(ops, obs, out)
         ctx.save_for_backward(observation, source, filters)
@@ -336,12 +324,12 @@ class NDCUpdateFunction(torch.autograd.Function):
                 )
             else:
                 ops = _Operators(filters.to(ctx.dtype), ctx.groups, ctx.eps, track_filter_grad=need_filters)
-                obs = _compute_layout(observation.to(ctx.dtype))
-                sources = [_compute_layout(source.to(ctx.dtype))]
+                obs = compute_layout(observation.to(ctx.dtype))
+                sources = [compute_layout(source.to(ctx.dtype))]
                 for _ in range(ctx.iterations - 1):  # intermediate sources, alive during this backward only
                     sources.append(_update_step(ops, obs, sources[-1]))
                 grad_obs = torch.zeros_like(obs) if need_observation else None  # summed over the iterations
-                grad = _compute_layout(grad_output.to(ctx.dtype))
+                grad = compute_layout(grad_output.to(ctx.dtype))
                 while sources:
                     grad = _update_step_backward(ops, grad, obs, sources.pop(), grad_obs)
                 grad_filters = ops.filter_grad() if need_filters else None

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nnunet_deconver.layers.autocast import autocast_disabled
+from nnunet_deconver.layers.compute import autocast_disabled, compute_dtype
 
 Solver = Literal["mu", "hals"]
 SOLVERS: tuple[str, ...] = ("mu", "hals")
@@ -95,6 +95,18 @@ def _hals_update(f: Tensor, a: Tensor, b: Tensor, eps: float) -> Tensor:
 _UPDATES = {"mu": _mu_update, "hals": _hals_update}
 
 
+def check_nmf_settings(rank: int | None = None, iterations: int | None = None, solver: str | None = None) -> None:
+    """Refuse an unknown solver, rank < 1 or iterations < 0 (``None`` is not checked).
+
+    Raises:
+        ValueError: one line naming the bad setting.
+    """
+    if solver is not None and solver not in _UPDATES:
+        raise ValueError(f"Unknown NMF solver {solver!r}; choose one of {SOLVERS}.")
+    if (rank is not None and rank < 1) or (iterations is not None and iterations < 0):
+        raise ValueError(f"NMF needs rank >= 1 and iterations >= 0, got rank={rank}, iterations={iterations}.")
+
+
 def nmf(
     x: Tensor,
     rank: int = 1,
@@ -117,10 +129,7 @@ def nmf(
     Raises:
         ValueError: unknown solver, rank < 1 or iterations < 0.
     """
-    if solver not in _UPDATES:
-        raise ValueError(f"Unknown NMF solver {solver!r}; choose one of {SOLVERS}.")
-    if rank < 1 or iterations < 0:
-        raise ValueError(f"NMF needs rank >= 1 and iterations >= 0, got rank={rank}, iterations={iterations}.")
+    check_nmf_settings(rank, iterations, solver)
     update = _UPDATES[solver]
     batch_shape, (rows, columns) = x.shape[:-2], x.shape[-2:]
     # One contiguous 3-D batch: bmm then reads X in place at every product (no per-product reshape copies).
@@ -128,7 +137,7 @@ def nmf(
     f = initial_factor(rows, rank, "F", x).expand(x.shape[0], rows, rank)
     g = initial_factor(columns, rank, "G", x)
     if column_mask is not None:
-        g = (g * column_mask.to(x.dtype).unsqueeze(-1)).expand(*batch_shape, columns, rank)
+        g = g * column_mask.to(x.dtype).unsqueeze(-1)
     g = g.expand(*batch_shape, columns, rank).reshape(-1, columns, rank)
     # Factorize X / s, s = max(X) per matrix, without forming it (the products are scaled instead), and
     # give the scale back to F: the result is exactly scale-equivariant, eps stays relative to the data
@@ -160,8 +169,7 @@ class NMF(nn.Module):
 
     def __init__(self, rank: int = 1, iterations: int = 5, solver: Solver = "hals", eps: float = 1e-8) -> None:
         super().__init__()
-        if solver not in SOLVERS:
-            raise ValueError(f"Unknown NMF solver {solver!r}; choose one of {SOLVERS}.")
+        check_nmf_settings(solver=solver)
         self.rank = rank
         self.iterations = iterations
         self.solver = solver
@@ -169,9 +177,8 @@ class NMF(nn.Module):
 
     def factorize(self, x: Tensor, column_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(F, G) of ``x`` in the compute precision."""
-        compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         with autocast_disabled(x):
-            return nmf(x.to(compute_dtype), self.rank, self.iterations, self.solver, self.eps, column_mask)
+            return nmf(x.to(compute_dtype(x)), self.rank, self.iterations, self.solver, self.eps, column_mask)
 
     def forward(self, x: Tensor, column_mask: Tensor | None = None) -> Tensor:
         f, g = self.factorize(x, column_mask)

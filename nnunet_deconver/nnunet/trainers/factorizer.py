@@ -1,9 +1,9 @@
 """Factorizer trainers: ``nnUNetv2_train D 3d_fullres 0 -tr nnUNetTrainerFactorizerSwin`` and variants.
 
-On nnU-Net's plans every trainer builds :class:`FactorizerUNet` on the planned topology with the
-paper's BraTS block settings (section 4.2): head dimension E = 8, window P = 8, rank R = 1, T = 5
-HALS iterations, MLP ratio 2, one block per stage, and the positional embedding sized from the
-plans' patch size. The variants differ in Matricize only.
+On nnU-Net's plans every trainer builds :class:`FactorizerUNet` on the planned topology with its
+defaults, the paper's BraTS block settings (section 4.2): head dimension E = 8, window P = 8, rank
+R = 1, T = 5 HALS iterations, MLP ratio 2, one block per stage, and the positional embedding sized
+from the plans' patch size. The variants differ in Matricize only.
 """
 
 from __future__ import annotations
@@ -17,17 +17,6 @@ from nnunet_deconver.layers.matricize import MatricizeKind
 from nnunet_deconver.nnunet.trainers.plugin_network import nnUNetTrainerPluginNetwork
 from nnunet_deconver.nnunet.trainers.schedule import ScheduleOverride
 
-DEFAULT_FACTORIZER_SETTINGS: dict[str, Any] = {
-    "head_dim": 8,
-    "window": 8,
-    "nmf_rank": 1,
-    "nmf_iterations": 5,
-    "nmf_solver": "hals",
-    "mlp_ratio": 2,
-    "blocks_per_stage": 1,
-    "blocks_per_decoder_stage": 1,
-}
-
 
 class nnUNetTrainerFactorizerSwin(nnUNetTrainerPluginNetwork):
     """Swin Factorizer (shifted-window Matricize), the paper's best model, with nnU-Net's recipe."""
@@ -37,7 +26,7 @@ class nnUNetTrainerFactorizerSwin(nnUNetTrainerPluginNetwork):
 
     @classmethod
     def default_network(cls, topology: dict[str, Any], configuration_manager: ConfigurationManager) -> dict[str, Any]:
-        return {"matricize": cls.matricize, **DEFAULT_FACTORIZER_SETTINGS}
+        return {"matricize": cls.matricize}  # the other settings: FactorizerUNet's defaults
 
     @classmethod
     def check_planned_architecture(cls, arch_kwargs: dict[str, Any]) -> None:
