@@ -507,27 +507,34 @@ void forward_model_pass(Kernel<T>& k, const T* source, T* y) {
   });
 }
 
+// N = A(X) + eps and D = A(Y) + eps of eq. (7) for every vector of one staged row (n's neighbour rows
+// in s.taps), handed to body(i, N, D) with i the vector's offset in the row's E-channel buffers.
+template <typename T, typename Body>
+void for_numerator_denominator(const Kernel<T>& k, const Scratch<T>& s, int count, const T* y, const Body& body) {
+  const Geometry& g = k.g;
+  const T* inputs[2] = {k.x(), y};
+  for (int64_t r = 0; r < g.ratio; ++r)
+    for (int64_t b = 0; b < g.blocks; ++b)
+      for (int64_t w0 = 0; w0 < g.tiled_width(); w0 += kTile) {
+        Vec<T> acc[2][kTile];
+        for (auto& a : acc)
+          for (auto& v : a) v = broadcast(k.eps);
+        adjoint_tile<T, 2>(g, s.taps.data(), count, inputs, k.v(), w0, r, b, acc);
+        const int64_t tile = g.e_block(r, b) + (w0 + g.mw) * kLanes<T>;
+        for (int t = 0; t < kTile; ++t) body(tile + t * kLanes<T>, acc[0][t], acc[1][t]);
+      }
+}
+
 // S1 = S * (A(X) + eps) / (A(Y) + eps), one update of eq. (7).
 template <typename T>
 void update_pass(Kernel<T>& k, const T* source, const T* y, T* result) {
   const Geometry& g = k.g;
-  const T* inputs[2] = {k.x(), y};
   for_rows(k, [&](int64_t n, Scratch<T>& s) {
     const int count = neighbour_rows(g, n, s.taps.data());
     stage_row(g, source + n * g.torch_e_row(), s.source);
-    for (int64_t r = 0; r < g.ratio; ++r)
-      for (int64_t b = 0; b < g.blocks; ++b)
-        for (int64_t w0 = 0; w0 < g.tiled_width(); w0 += kTile) {
-          Vec<T> acc[2][kTile];
-          for (auto& a : acc)
-            for (auto& v : a) v = broadcast(k.eps);
-          adjoint_tile<T, 2>(g, s.taps.data(), count, inputs, k.v(), w0, r, b, acc);
-          const int64_t tile = g.e_block(r, b) + (w0 + g.mw) * kLanes<T>;
-          for (int t = 0; t < kTile; ++t) {
-            const int64_t i = tile + t * kLanes<T>;
-            store(s.out + i, load(s.source + i) * acc[0][t] / acc[1][t]);
-          }
-        }
+    for_numerator_denominator(k, s, count, y, [&](int64_t i, Vec<T> numerator, Vec<T> denominator) {
+      store(s.out + i, load(s.source + i) * numerator / denominator);
+    });
     unstage_row(g, s.out, result + n * g.torch_e_row(), false);
   });
 }
@@ -538,28 +545,17 @@ template <typename T>
 void backward_pointwise_pass(Kernel<T>& k, const T* grad, const T* source, const T* y, T* grad_source,
                              T* grad_observation, T* w) {
   const Geometry& g = k.g;
-  const T* inputs[2] = {k.x(), y};
   for_rows_scattering(k, [&](int64_t n, Scratch<T>& s) {
     const int count = neighbour_rows(g, n, s.taps.data());
     stage_row(g, grad + n * g.torch_e_row(), s.grad);
     stage_row(g, source + n * g.torch_e_row(), s.source);
-    for (int64_t r = 0; r < g.ratio; ++r)
-      for (int64_t b = 0; b < g.blocks; ++b)
-        for (int64_t w0 = 0; w0 < g.tiled_width(); w0 += kTile) {
-          Vec<T> acc[2][kTile];
-          for (auto& a : acc)
-            for (auto& v : a) v = broadcast(k.eps);
-          adjoint_tile<T, 2>(g, s.taps.data(), count, inputs, k.v(), w0, r, b, acc);
-          const int64_t tile = g.e_block(r, b) + (w0 + g.mw) * kLanes<T>;
-          for (int t = 0; t < kTile; ++t) {
-            const int64_t i = tile + t * kLanes<T>;
-            const Vec<T> gv = load(s.grad + i), inv_den = broadcast(T(1)) / acc[1][t];
-            const Vec<T> ratio = acc[0][t] * inv_den, grad_num = gv * load(s.source + i) * inv_den;
-            store(s.out + i, gv * ratio);
-            store(s.grad_numerator + i, grad_num);
-            store(s.grad_denominator + i, -grad_num * ratio);
-          }
-        }
+    for_numerator_denominator(k, s, count, y, [&](int64_t i, Vec<T> numerator, Vec<T> denominator) {
+      const Vec<T> gv = load(s.grad + i), inv_den = broadcast(T(1)) / denominator;
+      const Vec<T> ratio = numerator * inv_den, grad_num = gv * load(s.source + i) * inv_den;
+      store(s.out + i, gv * ratio);
+      store(s.grad_numerator + i, grad_num);
+      store(s.grad_denominator + i, -grad_num * ratio);
+    });
     unstage_row(g, s.out, grad_source + n * g.torch_e_row(), false);
     if (s.filter_grad != nullptr) {
       accumulate_filter_grad(g, s.taps.data(), count, s.grad_numerator, k.x(), s.filter_grad);
