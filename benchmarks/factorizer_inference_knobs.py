@@ -32,7 +32,8 @@ import torch
 
 from nnunet_deconver.demo.nnunet_commands import NnUNetFolders, StageRunner, console_script
 from nnunet_deconver.demo.pipeline import DemoSettings, run_demo
-from nnunet_deconver.nnunet.inference_knobs import NMFInferenceSettings
+from nnunet_deconver.nnunet.inference_knobs import NMFInferenceSettings, apply_settings, factorizer_in
+from nnunet_deconver.nnunet.trained_model import TrainedModel, load_trained_model, preprocess_image
 
 TRAINER = "nnUNetTrainerFactorizerSwin_demo"
 DATASET = "Dataset990_MNI152Tissue"
@@ -80,38 +81,26 @@ def dice_from_summary(output: Path) -> dict[str, float]:
     return {names[label]: values["Dice"] for label, values in means.items()}
 
 
-def time_predictions(model_folder: Path, images: list[list[str]], settings: list[Setting], repeats: int,
-                     configuration_patch: tuple[int, ...]) -> dict[str, tuple[float, float]]:
+def time_predictions(model: TrainedModel, images: list[list[Path]], settings: list[Setting],
+                     repeats: int) -> dict[str, tuple[float, float]]:
     """(median seconds per test set, NMF share of FLOPs) per setting, measured in this process."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nnunet_deconver.nnunet.inference_knobs import apply_settings, factorizer_in
-
-    torch.set_num_threads(2)
-    predictor = nnUNetPredictor(device=torch.device("cpu"), verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), (0,), "checkpoint_final.pth")
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    cases = [
-        torch.from_numpy(preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
-                                               predictor.dataset_json)[0])
-        for files in images
-    ]
-    trained_nmf = factorizer_in(predictor.network).nmf_layers()[0].nmf
+    cases = [torch.from_numpy(preprocess_image(model, files)) for files in images]
+    trained_nmf = factorizer_in(model.network).nmf_layers()[0].nmf
     trained = NMFInferenceSettings(trained_nmf.iterations, trained_nmf.rank, trained_nmf.solver)
     results = {}
     for setting in settings:
-        apply_settings(predictor.network, trained)
-        apply_settings(predictor.network, setting.settings)
+        apply_settings(model.network, trained)
+        apply_settings(model.network, setting.settings)
         durations = []
         for _ in range(repeats + 1):  # the first run warms up
             started = time.perf_counter()
             for case in cases:
-                predictor.predict_logits_from_preprocessed_data(case)
+                model.predictor.predict_logits_from_preprocessed_data(case)
             durations.append(time.perf_counter() - started)
-        network = predictor.network
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            network(torch.zeros(1, cases[0].shape[0], *configuration_patch))
+            model.network(torch.zeros(1, cases[0].shape[0], *model.configuration_manager.patch_size))
         nmf = sum(sum(ops.values()) for module, ops in counter.get_flop_counts().items() if module.endswith(".nmf"))
         results[setting.name] = (statistics.median(durations[1:]), nmf / counter.get_total_flops())
     return results
@@ -131,10 +120,9 @@ def main() -> None:
     if not (model_folder / "fold_0" / "checkpoint_final.pth").is_file():
         run_demo(DemoSettings(workdir, (args.configuration,), TRAINER))
     os.environ.update(folders.environment())
-    from nnunet_deconver.nnunet.trained_model import load_trained_model
-
-    network = load_trained_model(model_folder).network
-    n_layers = len(network.nmf_layers())
+    torch.set_num_threads(2)
+    model = load_trained_model(model_folder)
+    n_layers = len(factorizer_in(model.network).nmf_layers())
     settings = settings_to_compare(n_layers)
     runner = StageRunner(2 * len(settings), folders, workdir / "logs_knobs")
     dice = {}
@@ -146,9 +134,8 @@ def main() -> None:
         else:
             dice[setting.name] = predict_and_evaluate(runner, folders, args.configuration, setting, output)
     images_ts = folders.raw / DATASET / "imagesTs"
-    images = [[str(path)] for path in sorted(images_ts.glob("*_0000.nii.gz"))]
-    patch = tuple(json.loads((model_folder / "plans.json").read_text())["configurations"][args.configuration]["patch_size"])
-    timing = time_predictions(model_folder, images, settings, args.repeats, patch)
+    images = [[path] for path in sorted(images_ts.glob("*_0000.nii.gz"))]
+    timing = time_predictions(model, images, settings, args.repeats)
 
     reference = timing[settings[0].name][0]
     classes = list(next(iter(dice.values())))

@@ -20,13 +20,15 @@ from torch import nn
 
 @dataclass
 class TrainedModel:
-    """A network with one fold's weights, in eval mode, and the plans it was trained with."""
+    """A network with one fold's weights, in eval mode, the plans it was trained with, and the nnU-Net
+    predictor that built it (for sliding-window prediction with the same model)."""
 
     network: nn.Module
     plans_manager: PlansManager
     configuration_manager: ConfigurationManager
     dataset_json: dict
     device: torch.device
+    predictor: nnUNetPredictor
 
 
 def load_trained_model(
@@ -50,6 +52,7 @@ def load_trained_model(
         predictor.configuration_manager,
         predictor.dataset_json,
         predictor.device,
+        predictor,
     )
 
 
