@@ -2,15 +2,18 @@
 
 nnU-Net looks for trainers outside its own package in the folders listed in the environment
 variable ``nnUNet_extTrainer`` (os.pathsep-separated). The installed ``nnunet_deconver.pth`` imports
-this module at interpreter start-up, which appends our ``ext_trainers`` folder to that variable,
-keeping whatever the user set before it. Child processes inherit the variable, and the append is
-idempotent. Only ``os`` is imported here: this runs in every Python process of the environment.
+this module at interpreter start-up, which appends the top-level ``trainers`` folder (see
+:mod:`nnunet_deconver.shipped_folders`) to that variable, keeping whatever the user set before it.
+Child processes inherit the variable, and the append is idempotent. Only ``os`` is imported here:
+this runs in every Python process of the environment.
 """
 
 import os
 
+from nnunet_deconver.shipped_folders import shipped_folder
+
 EXTERNAL_TRAINER_VARIABLE = "nnUNet_extTrainer"
-EXTERNAL_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
+EXTERNAL_TRAINER_FOLDER = shipped_folder("trainers")
 
 
 def register_external_trainer_folder() -> None:

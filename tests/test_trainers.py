@@ -10,7 +10,7 @@ import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-import nnunet_deconver
+from nnunet_deconver.shipped_folders import shipped_folder
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.layers import NonnegativeDeconvolution
 from nnunet_deconver.nnunet.trainers import (
@@ -19,7 +19,7 @@ from nnunet_deconver.nnunet.trainers import (
     nnUNetTrainerDeconver_k5,
 )
 
-EXT_FOLDER = os.path.join(os.path.dirname(nnunet_deconver.__file__), "ext_trainers")
+EXT_FOLDER = shipped_folder("trainers")
 
 
 def python_in_fresh_process(code: str, **env_overrides: str | None) -> str:

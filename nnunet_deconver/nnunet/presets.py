@@ -3,7 +3,8 @@
 A preset either keeps nnU-Net's planned topology (stages, widths, strides, kernels) or prescribes
 the paper's: ``stages = {"n_stages": L, "base_features": C0, "max_features": 512}`` gives widths
 C_l = min(C0 * 2^l, 512) over the first L of nnU-Net's planned strides (papers/deconver.md, III.C).
-The shipped presets live in ``nnunet_deconver/presets``; a path to a JSON file of the same form works too.
+The shipped presets live in the top-level ``plans/`` folder (``paper/``: the papers' configurations,
+``nnunet-topology/``: nnU-Net's planned topology); a path to a JSON file of the same form works too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from nnunet_deconver.nnunet.architecture_registry import PLANS_CONFIGURATION_ARGUMENTS, validate_architecture
 from nnunet_deconver.nnunet.plans_topology import TOPOLOGY_KEYS
+from nnunet_deconver.shipped_folders import shipped_folder
 
-PRESET_FOLDER = Path(__file__).resolve().parent.parent / "presets"
+PRESET_FOLDER = Path(shipped_folder("plans"))
 PRESET_KEYS = {"description", "dimension", "network_class_name", "arch_kwargs", "stages"}
 STAGE_RULE_KEYS = {"n_stages", "base_features", "max_features"}
 
@@ -98,8 +100,8 @@ class Preset:
 
 
 def available_presets() -> dict[str, Path]:
-    """Shipped presets by name."""
-    return {path.stem: path for path in sorted(PRESET_FOLDER.glob("*.json"))}
+    """Shipped presets by name: every JSON file under ``plans/`` (``paper/``, ``nnunet-topology/``, ...)."""
+    return {path.stem: path for path in sorted(PRESET_FOLDER.rglob("*.json"), key=lambda path: path.stem)}
 
 
 def load_preset(name_or_path: str) -> Preset:
