@@ -2,9 +2,9 @@
 
 Runs side by side, in one process with 2 intra-op threads, at the same input shape (batch 1):
 
-    (a)  NonnegativeDeconvolution(memory_efficient=False): the plain autograd graph of ndc_update
+    (a)  NonnegativeDeconvolution(lean=False): the plain autograd graph of ndc_update
     (a') the same with a channels-last input (context: how much of the gap is memory layout)
-    (b)  NonnegativeDeconvolution(memory_efficient=True): ndc_update_lean, hand-written backward, on
+    (b)  NonnegativeDeconvolution(lean=True): ndc_update_lean, hand-written backward, on
          its torch path (NNUNET_DECONVER_NDC_KERNEL=torch)
     (b') the same on the fused C++ CPU kernel (NNUNET_DECONVER_NDC_KERNEL=cpp, the default on CPU)
     (c)  a dense nn.Conv3d / nn.Conv2d(C, C, 3, padding=1); for a 5x5 NDC also (c') the dense 5x5
@@ -112,8 +112,8 @@ def run_case(case: Case, repeats: int) -> list[Result]:
     """Measure all variants at one shape; returns them in table order."""
     dims = len(case.spatial)
     torch.manual_seed(0)
-    plain = NonnegativeDeconvolution(case.channels, dims, case.kernel, case.ratio, memory_efficient=False)
-    lean = NonnegativeDeconvolution(case.channels, dims, case.kernel, case.ratio, memory_efficient=True)
+    plain = NonnegativeDeconvolution(case.channels, dims, case.kernel, case.ratio, lean=False)
+    lean = NonnegativeDeconvolution(case.channels, dims, case.kernel, case.ratio, lean=True)
     lean.load_state_dict(plain.state_dict())
     conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
     x = torch.rand(1, case.channels, *case.spatial, requires_grad=True)  # nonnegative, as NDC requires

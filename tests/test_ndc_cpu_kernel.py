@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from nnunet_deconver.layers import NDCUpdateFunction, NonnegativeDeconvolution, ndc_cpu_kernel, ndc_update, ndc_update_lean
+from nnunet_deconver.layers import LeanNDCUpdate, NonnegativeDeconvolution, ndc_cpu_kernel, ndc_update, ndc_update_lean
 
 SIZES = {2: (7, 9), 3: (5, 4, 7)}
 ANISOTROPIC = {2: (5, 3), 3: (1, 3, 3)}
@@ -119,7 +119,7 @@ def test_kernel_gradcheck(dims, kernel, kernel_calls, monkeypatch) -> None:
     s0 = (torch.rand(1, 8, *size, dtype=torch.float64) + 0.1).requires_grad_()
     v = (torch.rand(2, 4, *kernel, dtype=torch.float64) + 0.05).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a, b, c: NDCUpdateFunction.apply(a, b, c, 2, 2, 1e-8), (x, s0, v), eps=1e-6, atol=1e-6, rtol=1e-4
+        lambda a, b, c: LeanNDCUpdate.apply(a, b, c, 2, 2, 1e-8), (x, s0, v), eps=1e-6, atol=1e-6, rtol=1e-4
     )
     assert "update_backward" in kernel_calls
 

@@ -1,4 +1,4 @@
-"""Memory-lean NDC (ndc_update_lean / NDCUpdateFunction) against the plain autograd graph of eq. (7).
+"""Memory-lean NDC (ndc_update_lean / LeanNDCUpdate) against the plain autograd graph of eq. (7).
 
 The plain :func:`ndc_update` is itself checked against an independent reference in test_ndc.py;
 here the lean version must give the same forward values and the same gradients (float64, every
@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-import nnunet_deconver.layers.ndc_function as ndc_function
+import nnunet_deconver.layers.ndc_lean as ndc_lean
 from nnunet_deconver.analysis.memory import saved_tensor_bytes
-from nnunet_deconver.layers import NDCUpdateFunction, NonnegativeDeconvolution, ndc_update, ndc_update_lean
+from nnunet_deconver.layers import LeanNDCUpdate, NonnegativeDeconvolution, ndc_update, ndc_update_lean
 
 CHANNELS = 4
 SIZES = {1: (11,), 2: (7, 6), 3: (5, 4, 6)}
@@ -38,7 +38,7 @@ def _kernel(dims: int, kernel: int | str) -> tuple[int, ...]:
 @pytest.fixture
 def one_plane_slabs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Process every tensor one plane at a time, so halos span several slabs (and the borders)."""
-    monkeypatch.setattr(ndc_function, "_SLAB_BYTES", 1)
+    monkeypatch.setattr(ndc_lean, "_SLAB_BYTES", 1)
 
 
 def _assert_same(lean: tuple[Tensor, ...], plain: tuple[Tensor, ...]) -> None:
@@ -58,7 +58,7 @@ def _functional_values(update, x: Tensor, s0: Tensor, v: Tensor, grad: Tensor, g
 def test_update_and_gradients_equal_plain_autograd(dims, groups, ratio, kernel, iterations, slabs, monkeypatch) -> None:
     """ndc_update_lean == ndc_update: S^(T) and dL/dX, dL/dS0, dL/dV for a random dL/dS^(T) (float64)."""
     if slabs == "one-plane":
-        monkeypatch.setattr(ndc_function, "_SLAB_BYTES", 1)
+        monkeypatch.setattr(ndc_lean, "_SLAB_BYTES", 1)
     torch.manual_seed(0)
     size, source_channels = SIZES[dims], ratio * CHANNELS
     x = torch.rand(2, CHANNELS, *size, dtype=torch.float64)
@@ -66,7 +66,7 @@ def test_update_and_gradients_equal_plain_autograd(dims, groups, ratio, kernel, 
     v = torch.rand(CHANNELS, source_channels // groups, *_kernel(dims, kernel), dtype=torch.float64)
     grad = torch.randn(2, source_channels, *size, dtype=torch.float64)
     if slabs == "one-plane":
-        assert len(list(ndc_function._slabs(s0))) == 2 * size[0]  # really one plane per slab
+        assert len(list(ndc_lean._slabs(s0))) == 2 * size[0]  # really one plane per slab
     lean = _functional_values(ndc_update_lean, x, s0, v, grad, groups, iterations)
     plain = _functional_values(ndc_update, x, s0, v, grad, groups, iterations)
     _assert_same(lean, plain)
@@ -77,7 +77,7 @@ def _layer_pair(dims: int, groups: int, ratio: int, kernel, iterations: int):
     torch.manual_seed(1)
     kwargs = dict(kernel_size=_kernel(dims, kernel), ratio=ratio, groups=groups, iterations=iterations)
     lean = NonnegativeDeconvolution(CHANNELS, dims, **kwargs).double()
-    plain = NonnegativeDeconvolution(CHANNELS, dims, memory_efficient=False, **kwargs).double()
+    plain = NonnegativeDeconvolution(CHANNELS, dims, lean=False, **kwargs).double()
     plain.load_state_dict(lean.state_dict())
     return lean, plain
 
@@ -91,10 +91,10 @@ def _layer_values(layer: NonnegativeDeconvolution, x: Tensor, grad: Tensor) -> t
 
 @pytest.mark.parametrize("dims,groups,ratio,kernel,iterations", GRID)
 def test_layer_output_and_all_gradients_equal_plain(dims, groups, ratio, kernel, iterations, one_plane_slabs) -> None:
-    """The default (lean) layer == memory_efficient=False: output and the gradients w.r.t. the input,
+    """The default layer (lean=True) == lean=False: output and the gradients w.r.t. the input,
     the pointwise source_init weight and bias (through S0) and the filter weight W (float64)."""
     lean, plain = _layer_pair(dims, groups, ratio, kernel, iterations)
-    assert lean.memory_efficient and not plain.memory_efficient
+    assert lean.lean and not plain.lean
     x = torch.rand(2, CHANNELS, *SIZES[dims], dtype=torch.float64)
     grad = torch.randn(2, ratio * CHANNELS, *SIZES[dims], dtype=torch.float64)
     _assert_same(_layer_values(lean, x, grad), _layer_values(plain, x, grad))
@@ -114,14 +114,14 @@ def test_layer_accepts_any_input_layout_and_returns_channels_last(memory_format)
     "dims,groups,kernel", [(1, 2, (3,)), (2, CHANNELS, (3, 5)), (3, 2, (3, 1, 3)), (3, CHANNELS, (3, 3, 3))]
 )
 def test_function_gradcheck(dims, groups, kernel, one_plane_slabs) -> None:
-    """NDCUpdateFunction's hand-written backward against finite differences (float64, 2 iterations)."""
+    """LeanNDCUpdate's hand-written backward against finite differences (float64, 2 iterations)."""
     torch.manual_seed(2)
     size = {1: (6,), 2: (4, 5), 3: (3, 4, 3)}[dims]
     x = (torch.rand(1, 4, *size, dtype=torch.float64) + 0.1).requires_grad_()
     s0 = (torch.rand(1, 8, *size, dtype=torch.float64) + 0.1).requires_grad_()
     v = (torch.rand(4, 8 // groups, *kernel, dtype=torch.float64) + 0.05).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a, b, c: NDCUpdateFunction.apply(a, b, c, groups, 2, 1e-8), (x, s0, v), eps=1e-6, atol=1e-6, rtol=1e-4
+        lambda a, b, c: LeanNDCUpdate.apply(a, b, c, groups, 2, 1e-8), (x, s0, v), eps=1e-6, atol=1e-6, rtol=1e-4
     )
 
 
@@ -159,7 +159,7 @@ def test_lean_layer_saves_at_most_the_source_and_the_filters(dims, size, iterati
     assert lean_saved <= 4 * unit + parameter_bytes
 
     plain = NonnegativeDeconvolution(
-        CHANNELS, dims, kernel_size=3, ratio=4, iterations=iterations, memory_efficient=False
+        CHANNELS, dims, kernel_size=3, ratio=4, iterations=iterations, lean=False
     )
     plain.load_state_dict(layer.state_dict())
     assert _saved_bytes(plain, x) > 3 * lean_saved  # ~17U (one iteration)
@@ -170,7 +170,7 @@ def test_meta_device_profiles_the_lean_memory_and_the_plain_flops() -> None:
     same operations as for the plain graph of eq. (7), and the saved memory is the lean one."""
     with torch.device("meta"):
         lean = NonnegativeDeconvolution(CHANNELS, 3, kernel_size=3, ratio=4)
-        plain = NonnegativeDeconvolution(CHANNELS, 3, kernel_size=3, ratio=4, memory_efficient=False)
+        plain = NonnegativeDeconvolution(CHANNELS, 3, kernel_size=3, ratio=4, lean=False)
         x = torch.empty(1, CHANNELS, 8, 8, 8, requires_grad=True)
     flops = []
     for layer in (lean, plain):

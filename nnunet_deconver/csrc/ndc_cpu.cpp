@@ -7,7 +7,7 @@
 //     A(Z)[cR + r, p]   = sum_o Z[c, p - o] V[c, r, o]              adjoint X * V^-, eq. (3)
 //     N = A(X) + eps,   Y = F(S),   D = A(Y) + eps,   S1 = S * N / D           eq. (7)
 //
-// and the backward of nnunet_deconver/layers/ndc_function.py (g = dL/dS1):
+// and the backward of nnunet_deconver/layers/ndc_lean.py (g = dL/dS1):
 //
 //     gN = g * S / D,   gD = -gN * N / D,   W = F(gD),
 //     dS = g * N / D + A(W),   dX = F(gN),
@@ -317,7 +317,7 @@ void scatter_forward_model(const Geometry& g, const RowTap* taps, int tap_count,
 }
 
 // grad[tap, r, c] += sum_w staged[r, c, w] * z[rows (d - od, h - oh)][c, w - ow]: the filter
-// gradient K of ndc_function.py for the pair (staged E-channel row, padded C-channel tensor z).
+// gradient K of ndc_lean.py for the pair (staged E-channel row, padded C-channel tensor z).
 template <typename T>
 void accumulate_filter_grad(const Geometry& g, const RowTap* taps, int tap_count, const T* staged, const T* z,
                             T* grad) {

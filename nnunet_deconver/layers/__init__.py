@@ -4,14 +4,9 @@ from nnunet_deconver.layers.channel_layer_norm import ChannelLayerNorm
 from nnunet_deconver.layers.dtc import DeformableTransposedConv
 from nnunet_deconver.layers.matricize import Matricized, Matricizer
 
-from nnunet_deconver.layers.ndc import (
-    NonnegativeDeconvolution,
-    adjoint_filters,
-    ndc_adjoint,
-    ndc_forward_model,
-    ndc_update,
-)
-from nnunet_deconver.layers.ndc_function import NDCUpdateFunction, ndc_update_lean
+from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
+from nnunet_deconver.layers.ndc_lean import LeanNDCUpdate, ndc_update_lean
+from nnunet_deconver.layers.ndc_operators import adjoint_filters, ndc_adjoint, ndc_forward_model, ndc_update
 from nnunet_deconver.layers.nmf import NMF, nmf
 from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
 
@@ -19,9 +14,9 @@ __all__ = [
     "NMF",
     "ChannelLayerNorm",
     "DeformableTransposedConv",
+    "LeanNDCUpdate",
     "Matricized",
     "Matricizer",
-    "NDCUpdateFunction",
     "PositionalEmbedding",
     "nmf",
     "NonnegativeDeconvolution",

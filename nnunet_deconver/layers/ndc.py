@@ -1,86 +1,24 @@
-"""Nonnegative deconvolution (NDC): papers/deconver.md, sections III.B (eq. 1-3) and III.F (eq. 7).
+"""Learnable nonnegative deconvolution (NDC) layer: papers/deconver.md, section III.F (eq. 7).
 
-The observation model is the grouped cross-correlation X ~ S * V of eq. (1) with zero 'same'
-padding; its adjoint X * V^- is the cross-correlation with V transposed per group and spatially
-flipped. One NDC layer refines a learned initial source with the multiplicative
-update of eq. (7).
+The operators of eq. (1), (3) and (7) are in :mod:`nnunet_deconver.layers.ndc_operators`; the
+memory-lean update with its hand-written backward, the layer's default, is in
+:mod:`nnunet_deconver.layers.ndc_lean`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnunet_deconver.layers.compute import autocast_disabled
-from nnunet_deconver.layers.ndc_function import initial_source_channels_last, ndc_update_lean
+from nnunet_deconver.layers.ndc_lean import initial_source_channels_last, ndc_update_lean
+from nnunet_deconver.layers.ndc_operators import CONVOLUTIONS, ndc_update
 
-_CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _POINTWISE_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-def _same_padding(filters: Tensor) -> list[int]:
-    return [size // 2 for size in filters.shape[2:]]
-
-
-def ndc_forward_model(source: Tensor, filters: Tensor, groups: int) -> Tensor:
-    """Return S * V of eq. (1): grouped cross-correlation with zero 'same' padding.
-
-    Args:
-        source: (B, E, *spatial) source image S.
-        filters: (C, E / groups, *kernel) filter tensor V, odd kernel sizes.
-        groups: number of channel groups G (eq. 7 applies eq. 3 to each group independently).
-
-    Returns:
-        (B, C, *spatial) reconstruction of the observation.
-    """
-    return _CONVOLUTIONS[filters.dim() - 2](source, filters, padding=_same_padding(filters), groups=groups)
-
-
-def adjoint_filters(filters: Tensor, groups: int) -> Tensor:
-    """Return the adjoint filter V^- of eq. (3), V^-[d, c, m, n] = V[c, d, 2M - m, 2N - n], per group.
-
-    Args:
-        filters: (C, E / groups, *kernel) filter tensor V.
-        groups: number of channel groups G.
-
-    Returns:
-        (E, C / groups, *kernel): within each group, input and output channels swapped and the
-        kernel flipped along every spatial axis.
-    """
-    channels, group_sources, *kernel = filters.shape
-    per_group = filters.reshape(groups, channels // groups, group_sources, *kernel).transpose(1, 2)
-    return per_group.reshape(groups * group_sources, channels // groups, *kernel).flip(
-        list(range(2, filters.dim()))
-    )
-
-
-def ndc_adjoint(observation: Tensor, filters: Tensor, groups: int) -> Tensor:
-    """Return X * V^-, the adjoint of :func:`ndc_forward_model` (V^- as defined under eq. 3).
-
-    Satisfies <S * V, X> = <S, X * V^-> for every S and X of matching shapes. Computed as a
-    cross-correlation with :func:`adjoint_filters`, which on CPU is several times faster than the
-    equivalent grouped transposed convolution.
-    """
-    return ndc_forward_model(observation, adjoint_filters(filters, groups), groups)
-
-
-def ndc_update(
-    observation: Tensor, source: Tensor, filters: Tensor, groups: int, iterations: int, eps: float
-) -> Tensor:
-    """Apply ``iterations`` multiplicative updates of eq. (7) (eq. 3 when ``eps`` is 0).
-
-    S <- S * (X * V^- + eps) / ((S * V) * V^- + eps). For nonnegative X, S and V and eps = 0 the
-    reconstruction error ||X - S * V||^2 never increases (Theorem 1).
-    """
-    numerator = ndc_adjoint(observation, filters, groups) + eps
-    for _ in range(iterations):
-        denominator = ndc_adjoint(ndc_forward_model(source, filters, groups), filters, groups) + eps
-        source = source * numerator / denominator
-    return source
 
 
 def _as_odd_kernel(kernel_size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
@@ -111,9 +49,11 @@ class NonnegativeDeconvolution(nn.Module):
         groups: number of groups G; ``None`` means G = C (the paper's default).
         iterations: number of multiplicative updates (the paper uses 1).
         eps: the positive constant of eq. (7).
-        memory_efficient: compute eq. (7) with :func:`ndc_update_lean` (hand-written backward that
-            saves only X, S0 and V, channels-last output for 2-D/3-D) instead of the plain autograd
-            graph of :func:`ndc_update`. Both give the same values and gradients.
+        lean: compute eq. (7) with :func:`~nnunet_deconver.layers.ndc_lean.ndc_update_lean`
+            (hand-written backward that saves only X, S0 and V, channels-last output for 2-D/3-D)
+            instead of the plain autograd graph of
+            :func:`~nnunet_deconver.layers.ndc_operators.ndc_update`. Both give the same values
+            and gradients.
     """
 
     def __init__(
@@ -125,10 +65,10 @@ class NonnegativeDeconvolution(nn.Module):
         groups: int | None = None,
         iterations: int = 1,
         eps: float = 1e-8,
-        memory_efficient: bool = True,
+        lean: bool = True,
     ) -> None:
         super().__init__()
-        if spatial_dims not in _CONVOLUTIONS:
+        if spatial_dims not in CONVOLUTIONS:
             raise ValueError(f"NDC supports 1, 2 or 3 spatial dimensions, got {spatial_dims}.")
         groups = channels if groups is None else groups
         if channels < 1 or groups < 1 or channels % groups != 0:
@@ -145,7 +85,7 @@ class NonnegativeDeconvolution(nn.Module):
         self.groups = groups
         self.iterations = iterations
         self.eps = eps
-        self.memory_efficient = memory_efficient
+        self.lean = lean
         source_channels = ratio * channels
         self.source_init = _POINTWISE_CONVOLUTIONS[spatial_dims](channels, source_channels, kernel_size=1)
         self.weight = nn.Parameter(torch.empty(channels, source_channels // groups, *self.kernel_size))
@@ -165,15 +105,15 @@ class NonnegativeDeconvolution(nn.Module):
             observation = x.to(dtype)
             weight, bias = self.source_init.weight.to(dtype), self.source_init.bias.to(dtype)
             filters = self.filters().to(dtype)
-            if self.memory_efficient:
+            if self.lean:
                 source = initial_source_channels_last(observation, weight, bias)
                 return ndc_update_lean(observation, source, filters, self.groups, self.iterations, self.eps)
-            source = F.relu(_CONVOLUTIONS[self.spatial_dims](observation, weight, bias))
+            source = F.relu(CONVOLUTIONS[self.spatial_dims](observation, weight, bias))
             return ndc_update(observation, source, filters, self.groups, self.iterations, self.eps)
 
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, ratio={self.ratio}, groups={self.groups}, "
             f"kernel_size={self.kernel_size}, iterations={self.iterations}, eps={self.eps}, "
-            f"memory_efficient={self.memory_efficient}"
+            f"lean={self.lean}"
         )

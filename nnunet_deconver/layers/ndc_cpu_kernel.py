@@ -1,7 +1,7 @@
 """Fused C++ CPU kernel for the NDC update, eq. (7) of papers/deconver.md section III.F, for G = C.
 
 ``csrc/ndc_cpu.cpp`` computes eq. (7) (``iterations`` updates) and the backward derived in
-:mod:`nnunet_deconver.layers.ndc_function` row by row with OpenMP (through ``at::parallel_for``, so
+:mod:`nnunet_deconver.layers.ndc_lean` row by row with OpenMP (through ``at::parallel_for``, so
 it uses ``torch.get_num_threads()`` threads), keeping the R*C-channel intermediates (N, D, dL/dN,
 dL/dD) one row at a time in cache. Like the torch path it saves only X, S0 and V for backward.
 Its results and C-channel temporaries are allocated on transparent huge pages where the OS allows
@@ -10,7 +10,7 @@ it (first touches of 4 KiB pages otherwise cost as much as the arithmetic).
 The extension is compiled on first use with :func:`torch.utils.cpp_extension.load` (``-O3
 -march=native -fopenmp``, cached in the torch extensions directory; the name includes a hash of
 the CPU's feature flags, so a cache shared between different CPUs never runs foreign
-instructions). :class:`~nnunet_deconver.layers.ndc_function.NDCUpdateFunction` uses it for
+instructions). :class:`~nnunet_deconver.layers.ndc_lean.LeanNDCUpdate` uses it for
 CPU float32/float64 2-D and 3-D inputs with G = C; otherwise, or if it does not build, it runs
 the torch path. The environment variable ``NNUNET_DECONVER_NDC_KERNEL`` selects:
 
@@ -127,7 +127,7 @@ def unsupported_reason(observation: Tensor, filters: Tensor, groups: int, dtype:
 
 
 def use_kernel(observation: Tensor, filters: Tensor, groups: int, dtype: torch.dtype) -> bool:
-    """Whether :class:`NDCUpdateFunction` should compute this call with the kernel (see module docstring)."""
+    """Whether :class:`~nnunet_deconver.layers.ndc_lean.LeanNDCUpdate` should compute this call with the kernel (see module docstring)."""
     if kernel_mode() == "torch" or torch.compiler.is_compiling():  # inductor compiles the torch path instead
         return False
     reason = unsupported_reason(observation, filters, groups, dtype)
@@ -163,7 +163,7 @@ def update_backward(
 ) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """(dL/dX, dL/dS0, dL/dV) of :func:`update` for dL/dS^(iterations) = ``grad`` (None where not needed).
 
-    The formulas are those of :mod:`nnunet_deconver.layers.ndc_function`; only X, S0 and V are needed.
+    The formulas are those of :mod:`nnunet_deconver.layers.ndc_lean`; only X, S0 and V are needed.
     """
     dtype = filters.dtype
     module = extension()

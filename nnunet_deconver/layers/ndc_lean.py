@@ -3,7 +3,9 @@
 Notation (per group, section III.B): F(S) = S * V is the forward model of eq. (1), A(X) = X * V^- its
 adjoint (A^T = F, F^T = A). One update of eq. (7) is
 
-    N = A(X) + eps,   Y = F(S),   D = A(Y) + eps,   S1 = S * N / D.
+    N = A(X) + eps,   Y = F(S),   D = A(Y) + eps,   S1 = S * N / D,
+
+with the product evaluated by :func:`~nnunet_deconver.layers.ndc_operators.source_times_ratio`.
 
 Backward. For g = dL/dS1 the chain rule gives dL/dN = g * S / D and dL/dD = -g * S1 / D, so
 
@@ -15,6 +17,12 @@ gradient of both F and A: d<G, F_V(S)>/dV = K(S, G) and d<H, A_V(Z)>/dV = K(H, Z
 terms are therefore evaluated as weight gradients of the adjoint convolution. With
 ``iterations`` > 1 the step is applied per iteration in reverse order; N is shared by all
 iterations, so their dL/dX and K(., X) terms add up.
+
+Overflow. The pointwise factors are evaluated as dL/dN = g * (S / D) and -dL/dD = (dL/dN / D) * N.
+S / D <= 1 / sum(V^2) is bounded by the filters (D >= S sum(V^2) + eps, the sum over the taps
+inside the volume), and where S = 0 both factors are exactly 0; N / D alone overflows where S and
+so D are near zero but N is large, and g * S / D * N / D would then give 0 * inf = NaN. N / D
+appears only in the direct term g * N / D, which is the true derivative dS1/dS.
 
 Memory. Only X, S0 and V are saved for backward. In NonnegativeDeconvolution S0 is the output
 of a ReLU, which saves that same tensor anyway, so with R = 4 the layer keeps 4U (U = numel(X))
@@ -45,9 +53,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-# A module reference, not a from-import: ndc.py imports this module for NonnegativeDeconvolution.
-from nnunet_deconver.layers import ndc, ndc_cpu_kernel
+from nnunet_deconver.layers import ndc_cpu_kernel
 from nnunet_deconver.layers.compute import autocast_disabled, compute_layout, compute_memory_format
+from nnunet_deconver.layers.ndc_operators import CONVOLUTIONS, adjoint_filters, ndc_update, source_times_ratio
 
 _SLAB_BYTES = 16 * 2**20
 """Target size of one slab of a source-sized tensor (R*C channels). It keeps slab temporaries
@@ -85,7 +93,7 @@ def initial_source_channels_last(x: Tensor, weight: Tensor, bias: Tensor) -> Ten
         ReLU(conv(x)) as in the plain layer.
     """
     if x.dim() == 3 or x.is_meta:
-        return F.relu(ndc._CONVOLUTIONS[x.dim() - 2](x, weight, bias))
+        return F.relu(CONVOLUTIONS[x.dim() - 2](x, weight, bias))
     batch, channels, *spatial = x.shape
     columns = x.flatten(2).transpose(1, 2)  # (B, P, C) view of x
     weight_t = weight.flatten(1).t().expand(batch, channels, weight.shape[0])
@@ -161,7 +169,7 @@ class _Operators:
         self.groups = groups
         self.halo = kernel[0] // 2
         self.padding_rest = [size // 2 for size in kernel[1:]]
-        self.convolution = ndc._CONVOLUTIONS[filters.dim() - 2]
+        self.convolution = CONVOLUTIONS[filters.dim() - 2]
         # F: for G = C in channels-last layout, a depthwise convolution over the E source channels
         # followed by a sum over the R sources of each channel; otherwise the grouped convolution.
         self.depthwise = groups == channels and filters.dim() > 3
@@ -172,7 +180,7 @@ class _Operators:
         # A: cross-correlation with V^- (see ndc_adjoint), with merged groups.
         self.merge = _merge_factor(groups, channels // groups)
         self.adjoint_groups = groups // self.merge
-        self.adjoint_filters = compute_layout(_merge_groups(ndc.adjoint_filters(filters, groups), groups, self.merge))
+        self.adjoint_filters = compute_layout(_merge_groups(adjoint_filters(filters, groups), groups, self.merge))
         self.eps_bias = filters.new_full((self.adjoint_filters.shape[0],), eps)
         self.adjoint_filter_grad = torch.zeros_like(self.adjoint_filters) if track_filter_grad else None
 
@@ -225,7 +233,7 @@ class _Operators:
         """dL/dV from the accumulated gradient w.r.t. the (merged) adjoint filters."""
         assert self.adjoint_filter_grad is not None
         # V -> V^- is a permutation and an involution, so it maps the gradient back as well.
-        return ndc.adjoint_filters(_split_groups(self.adjoint_filter_grad, self.groups, self.merge), self.groups)
+        return adjoint_filters(_split_groups(self.adjoint_filter_grad, self.groups, self.merge), self.groups)
 
 
 def _update_step(ops: _Operators, observation: Tensor, source: Tensor) -> Tensor:
@@ -233,9 +241,9 @@ def _update_step(ops: _Operators, observation: Tensor, source: Tensor) -> Tensor
     forward = ops.full_forward_model(source)
     out = torch.empty_like(source)
     for index in _slabs(source):
-        ratio = ops.adjoint(_halo(observation, index, ops.halo), add_eps=True)
-        ratio.div_(ops.adjoint(_halo(forward, index, ops.halo), add_eps=True))
-        torch.mul(_slab(source, index), ratio, out=_slab(out, index))
+        numerator = ops.adjoint(_halo(observation, index, ops.halo), add_eps=True)
+        denominator = ops.adjoint(_halo(forward, index, ops.halo), add_eps=True)
+        source_times_ratio(_slab(source, index), numerator, denominator, out=_slab(out, index))
     return out
 
 
@@ -252,18 +260,17 @@ def _update_step_backward(
     for index in _slabs(source):
         observation_halo = _halo(observation, index, ops.halo)
         forward_halo = _halo(forward, index, ops.halo)
-        ratio = ops.adjoint(observation_halo, add_eps=True)
-        work = ops.adjoint(forward_halo, add_eps=True)
-        ratio.div_(work)  # N / D
+        numerator = ops.adjoint(observation_halo, add_eps=True)
+        denominator = ops.adjoint(forward_halo, add_eps=True)
         grad_slab = _slab(grad, index)
-        torch.mul(grad_slab, ratio, out=_slab(grad_source, index))  # the direct term g * N / D
-        torch.div(grad_slab, work, out=work).mul_(_slab(source, index))  # dL/dN = g * S / D
+        torch.div(numerator, denominator, out=_slab(grad_source, index)).mul_(grad_slab)  # direct term g * N / D
+        grad_numerator = torch.div(_slab(source, index), denominator).mul_(grad_slab)  # dL/dN = g * (S / D)
         if grad_observation is not None:
-            ops.scatter_forward_model(grad_observation, index, work)  # dL/dX = F(dL/dN)
-        ops.accumulate_filter_grad(observation_halo, work)  # + K(dL/dN, X)
-        work.mul_(ratio)  # g * S1 / D = -dL/dD
-        ops.scatter_forward_model(forward_of_minus_grad_denominator, index, work)
-        ops.accumulate_filter_grad(forward_halo, work, alpha=-1.0)  # + K(dL/dD, Y)
+            ops.scatter_forward_model(grad_observation, index, grad_numerator)  # dL/dX = F(dL/dN)
+        ops.accumulate_filter_grad(observation_halo, grad_numerator)  # + K(dL/dN, X)
+        minus_grad_denominator = torch.div(grad_numerator, denominator, out=denominator).mul_(numerator)
+        ops.scatter_forward_model(forward_of_minus_grad_denominator, index, minus_grad_denominator)
+        ops.accumulate_filter_grad(forward_halo, minus_grad_denominator, alpha=-1.0)  # + K(dL/dD, Y)
     for index in _slabs(source):
         halo_slab = _halo(forward_of_minus_grad_denominator, index, ops.halo)
         _slab(grad_source, index).sub_(ops.adjoint(halo_slab, add_eps=False))  # + A(F(dL/dD))
@@ -271,7 +278,7 @@ def _update_step_backward(
     return grad_source
 
 
-class NDCUpdateFunction(torch.autograd.Function):
+class LeanNDCUpdate(torch.autograd.Function):
     """Eq. (7) applied ``iterations`` times, saving only X, S0 and V for backward.
 
     Same inputs and result as :func:`ndc_update`; the backward is derived in the module docstring.
@@ -297,7 +304,7 @@ class NDCUpdateFunction(torch.autograd.Function):
         fused = ndc_cpu_kernel.use_kernel(observation, filters, groups, dtype)
         with autocast_disabled(observation):
             if observation.is_meta:  # shapes only (profiling): let FLOP counters see the ops of eq. (7)
-                out = ndc.ndc_update(observation.to(dtype), source.to(dtype), filters.to(dtype), groups, iterations, eps)
+                out = ndc_update(observation.to(dtype), source.to(dtype), filters.to(dtype), groups, iterations, eps)
             elif fused:
                 out = ndc_cpu_kernel.update(observation, source, filters.to(dtype), iterations, eps)
             else:
@@ -346,10 +353,10 @@ class NDCUpdateFunction(torch.autograd.Function):
 def ndc_update_lean(
     observation: Tensor, source: Tensor, filters: Tensor, groups: int, iterations: int, eps: float
 ) -> Tensor:
-    """:func:`ndc_update` (eq. 7) with the memory-lean hand-written backward of :class:`NDCUpdateFunction`.
+    """:func:`ndc_update` (eq. 7) with the memory-lean hand-written backward of :class:`LeanNDCUpdate`.
 
     Saves only ``observation``, ``source`` and ``filters`` for backward and recomputes the rest.
     The result equals :func:`ndc_update` up to floating-point round-off; it is channels-last for
     2-D and 3-D inputs. Not twice differentiable.
     """
-    return NDCUpdateFunction.apply(observation, source, filters, groups, iterations, eps)
+    return LeanNDCUpdate.apply(observation, source, filters, groups, iterations, eps)
