@@ -72,8 +72,7 @@ def test_trainers_build_the_factorizer_from_nnunet_plans(kind: str, spatial_dims
 def _derived_configuration(preset: str, spatial_dims: int) -> ConfigurationManager:
     """A plans configuration rewritten by ``nnunet-deconver plan --preset``: names a package network."""
     config = configuration(spatial_dims)
-    planned = config.configuration["architecture"]["arch_kwargs"]
-    architecture = load_preset(preset).architecture(planned, "cfg", config.configuration)
+    architecture = load_preset(preset).architecture(config.configuration["architecture"], "cfg", config.configuration)
     return ConfigurationManager({**config.configuration, "architecture": architecture})
 
 

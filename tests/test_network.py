@@ -182,17 +182,96 @@ def test_every_parameter_gets_a_finite_gradient_with_deep_supervision(conv_op, k
     assert any(layer.weight.grad.abs().sum() > 0 for layer in _ndc_layers(net))
 
 
-def _count_parameters(ndc_kernel_size: int) -> int:
+def _isles_net(**kwargs) -> DeconverUNet:
+    """The paper's ISLES'22 topology (C0 = 64, L = 4, 2 inputs, 2 classes) on the meta device."""
     with torch.device("meta"):
-        net = DeconverUNet(2, 4, [64, 128, 256, 512], nn.Conv3d, 3, [1, 2, 2, 2], 2, deep_supervision=True,
-                           ndc_kernel_size=ndc_kernel_size)
-    return sum(p.numel() for p in net.parameters())
+        return DeconverUNet(2, 4, [64, 128, 256, 512], nn.Conv3d, 3, [1, 2, 2, 2], 2, deep_supervision=True, **kwargs)
 
 
-# Paper numbers: Tables V-VIII give 10.48M for the 3x3x3 model; Table I gives 11.0M for 5x5x5 (only
-# three significant digits there, so +-0.5% also covers its rounding).
-@pytest.mark.parametrize("ndc_kernel_size,paper_params", [(3, 10.48e6), (5, 11.0e6)])
-def test_parameter_count_matches_the_paper(ndc_kernel_size, paper_params) -> None:
-    """ISLES'22 Deconver (C0=64, L=4, 2 inputs, 2 classes): paper parameter count within +-0.5%."""
-    count = _count_parameters(ndc_kernel_size)
-    assert abs(count - paper_params) <= 0.005 * paper_params, count
+REFERENCE_BIASES = {"mixer_input_bias": False, "stem_bias": False, "fusion_bias": False}
+
+
+def test_the_defaults_keep_the_network_trained_so_far() -> None:
+    """Model folders trained with nnUNetTrainerDeconver must keep loading strictly: by default every
+    convolution has its bias, and the ISLES'22 network has the 10,479,302 parameters it always had."""
+    net = _isles_net()
+    assert net.parameter_count() == 10_479_302
+    names = net.state_dict().keys()
+    assert {"encoder.stem.bias", "decoder.fusions.0.bias", "encoder.stages.0.0.mixer.1.project_in.bias"} <= names
+
+
+def test_the_reference_bias_options_drop_exactly_those_biases() -> None:
+    """mixer_input_bias / stem_bias / fusion_bias remove those biases and nothing else (same names, shapes)."""
+    default, reference = _isles_net().state_dict(), _isles_net(**REFERENCE_BIASES).state_dict()
+    dropped = {name for name in default if name not in reference}
+    assert all(name == "encoder.stem.bias" or name.startswith("decoder.fusions.") or name.endswith("project_in.bias")
+               for name in dropped)
+    assert len(dropped) == 1 + 3 + 7  # stem, 3 fusions, 7 mixers (4 encoder + 3 decoder stages)
+    assert all(reference[name].shape == tensor.shape for name, tensor in default.items() if name in reference)
+    assert sum(default[name].numel() for name in dropped) == 64 + (256 + 128 + 64) + (64 + 128 + 256 + 512 + 256 + 128 + 64)
+
+
+def test_parameter_count_can_leave_out_the_deep_supervision_heads() -> None:
+    net = _isles_net()
+    low_resolution_heads = sum(p.numel() for head in list(net.decoder.heads)[:-1] for p in head.parameters())
+    assert net.parameter_count(heads=1) == net.parameter_count() - low_resolution_heads == 10_479_302 - 514 - 258
+    assert net.parameter_count(heads=3) == net.parameter_count(heads=9) == net.parameter_count()
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad hyper-parameters: one line naming the key, the value and a valid example, before anything is built
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"ndc_kernel_size": 4}, "ndc_kernel_size=4"),
+        ({"ndc_kernel_size": 0}, "ndc_kernel_size=0"),
+        ({"ndc_kernel_size": [3, 3]}, "ndc_kernel_size=[3, 3]"),
+        ({"ndc_kernel_size": "3"}, "ndc_kernel_size='3'"),
+        ({"ratio": -2}, "ratio=-2"),
+        ({"ratio": 2.5}, "ratio=2.5"),
+        ({"ratio": True}, "ratio=True"),
+        ({"groups": 3}, "groups=3"),
+        ({"groups": 0}, "groups=0"),
+        ({"iterations": 0}, "iterations=0"),
+        ({"mlp_ratio": 0}, "mlp_ratio=0"),
+        ({"blocks_per_stage": -1}, "blocks_per_stage=-1"),
+        ({"blocks_per_stage": [1, 1]}, "blocks_per_stage=[1, 1]"),
+        ({"blocks_per_decoder_stage": [1, -1, 1]}, "blocks_per_decoder_stage=[1, -1, 1]"),
+        ({"use_mixer": False, "use_mlp": False}, "use_mixer=False"),
+        ({"use_mlp": "no"}, "use_mlp='no'"),
+        ({"norm_affine": 1}, "norm_affine=1"),
+        ({"mixer_input_bias": None}, "mixer_input_bias=None"),
+        ({"stem_bias": "false"}, "stem_bias='false'"),
+        ({"fusion_bias": 0}, "fusion_bias=0"),
+        ({"features_per_stage": [64, 0, 256, 512]}, "features_per_stage=[64, 0, 256, 512]"),
+        ({"features_per_stage": [64, 128]}, "features_per_stage=[64, 128]"),
+        ({"n_stages": 1, "features_per_stage": 64, "strides": 1, "blocks_per_stage": 1}, "n_stages=1"),
+    ],
+)
+def test_bad_hyperparameters_are_refused_in_one_line(kwargs: dict, named: str) -> None:
+    """Raised by the constructor on the meta device (where a registry checks plans before writing them)."""
+    arguments = {"input_channels": 2, "n_stages": 4, "features_per_stage": [64, 128, 256, 512], "conv_op": nn.Conv3d,
+                 "kernel_sizes": 3, "strides": [1, 2, 2, 2], "num_classes": 2, **kwargs}
+    with torch.device("meta"), pytest.raises(ValueError) as error:
+        DeconverUNet(**arguments)
+    message = str(error.value)
+    assert message.startswith(f"{named} is invalid: ") and ", e.g. " in message and "\n" not in message, message
+
+
+def test_the_error_message_of_an_even_kernel() -> None:
+    with pytest.raises(ValueError) as error:
+        _isles_net(ndc_kernel_size=4)
+    assert str(error.value) == (
+        "ndc_kernel_size=4 is invalid: NDC kernels must be odd (one integer, or 3 of them, one per axis), "
+        "e.g. 3, 5 or [1, 3, 3]."
+    )
+
+
+def test_valid_unusual_hyperparameters_are_accepted() -> None:
+    """Per-axis kernels, G dividing every width, no blocks at a stage: all legitimate."""
+    net = _isles_net(ndc_kernel_size=[1, 3, 5], groups=64, blocks_per_stage=[1, 0, 2, 1])
+    assert {layer.kernel_size for layer in _ndc_layers(net)} == {(1, 3, 5)}
+    assert len(_ndc_layers(net.encoder.stages[1])) == 0

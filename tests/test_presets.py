@@ -82,8 +82,6 @@ def test_factorizer_presets_carry_the_planned_patch_size_for_the_positional_embe
         ({"dimension": 3, "network_class_name": "nnunet_deconver.architectures.deconver_unet.DeconverUNet",
           "arch_kwargs": {"kernel": 3}}, r"Unknown hyper-parameter\(s\) \['kernel'\] for DeconverUNet"),
         ({"dimension": 4, "network_class_name": "x"}, "'dimension' must be 2 or 3"),
-        ({"dimension": 3, "network_class_name": "nnunet_deconver.architectures.dtc_upsampling.DTCPlainConvUNet",
-          "arch_kwargs": {"dtc": {"receptive_feild": 2}}}, r"Unknown DTC setting\(s\) \['receptive_feild'\]"),
         ({"dimension": 2, "network_class_name": "x", "colour": 1}, r"unknown keys \['colour'\]"),
     ],
 )
@@ -130,6 +128,38 @@ def write_source_plans(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (folder / "nnUNetPlans.json").write_text(json.dumps(nnunet_plans()))
     monkeypatch.setattr("nnunet_deconver.nnunet.derived_plans.nnUNet_preprocessed", str(root))
     return folder
+
+
+DECONVER = "nnunet_deconver.architectures.deconver_unet.DeconverUNet"
+FACTORIZER = "nnunet_deconver.architectures.factorizer_unet.FactorizerUNet"
+DTC_UNET = "nnunet_deconver.architectures.dtc_upsampling.DTCPlainConvUNet"
+
+
+@pytest.mark.parametrize(
+    ("network_class_name", "arch_kwargs", "named"),
+    [
+        (DECONVER, {"ndc_kernel_size": 4}, ["ndc_kernel_size", "4"]),
+        (DECONVER, {"ratio": -2}, ["ratio", "-2"]),
+        (DECONVER, {"groups": 3}, ["groups", "3"]),
+        (FACTORIZER, {"window": 128}, ["window", "128"]),
+        (FACTORIZER, {"nmf_rank": 0}, ["nmf_rank", "0"]),
+        (DTC_UNET, {"dtc": {"receptive_feild": 2}}, ["receptive_feild"]),
+        (DTC_UNET, {"dtc": {"receptive_field": -1.0}}, ["receptive_field", "-1"]),
+    ],
+)
+def test_bad_hyper_parameters_are_refused_before_a_plans_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, network_class_name: str, arch_kwargs: dict, named: list[str]
+) -> None:
+    """`nnunet-deconver plan` builds the network on the meta device first: one line, nothing written."""
+    folder = write_source_plans(tmp_path, monkeypatch)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"dimension": 3, "network_class_name": network_class_name, "arch_kwargs": arch_kwargs}))
+    with pytest.raises(ValueError) as error:
+        write_derived_plans("Dataset999_Toy", [load_preset(str(path))], "nnUNetPlans", "nnUNetBadPlans")
+    message = str(error.value)
+    assert "\n" not in message and "'bad'" in message and "'3d_fullres'" in message
+    assert all(word in message for word in named), message
+    assert not (folder / "nnUNetBadPlans.json").exists()
 
 
 def test_write_derived_plans_never_replaces_a_different_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

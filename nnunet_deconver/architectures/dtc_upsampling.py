@@ -15,6 +15,7 @@ from typing import Any
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
+from nnunet_deconver.architectures.registry import register_architecture
 from nnunet_deconver.architectures.unet_scaffold import UpsamplerFactory
 from nnunet_deconver.layers.dtc import DeformableTransposedConv
 
@@ -27,7 +28,7 @@ def check_dtc_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """``settings`` as a dict, after refusing names DTC does not know (one-line ValueError)."""
     unknown = sorted(set(settings) - DTC_SETTINGS)
     if unknown:
-        raise ValueError(f"Unknown DTC setting(s) {unknown}; valid ones are {sorted(DTC_SETTINGS)}.")
+        raise ValueError(f"Unknown DTC setting(s) {unknown} in 'dtc'; valid ones are {sorted(DTC_SETTINGS)}, e.g. {{\"receptive_field\": 2.0}}.")
     return dict(settings)
 
 
@@ -56,20 +57,18 @@ def equip_decoder_with_dtc(decoder: nn.Module, settings: Mapping[str, Any]) -> N
         )
 
 
+@register_architecture(wraps=PlainConvUNet)
 class DTCPlainConvUNet(PlainConvUNet):
     """nnU-Net's PlainConvUNet (same arguments) whose decoder upsamples with DTC; ``dtc`` = DTC settings."""
-
-    wrapped_architecture = PlainConvUNet
 
     def __init__(self, *args: Any, dtc: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         equip_decoder_with_dtc(self.decoder, dtc or {})
 
 
+@register_architecture(wraps=ResidualEncoderUNet)
 class DTCResidualEncoderUNet(ResidualEncoderUNet):
     """nnU-Net's ResidualEncoderUNet (ResEnc presets) whose decoder upsamples with DTC; ``dtc`` = DTC settings."""
-
-    wrapped_architecture = ResidualEncoderUNet
 
     def __init__(self, *args: Any, dtc: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -12,31 +12,50 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_deconver.architectures.dtc_upsampling import dtc_upsampler_factory
-from nnunet_deconver.architectures.unet_scaffold import StageSpec, UNetScaffold
+from nnunet_deconver.architectures.hyperparameter_checks import (
+    check_choice,
+    check_divides_every_stage,
+    check_flag,
+    check_integer,
+    check_some_branch,
+    invalid,
+    per_axis,
+)
+from nnunet_deconver.architectures.registry import register_architecture
+from nnunet_deconver.architectures.unet_scaffold import StageSpec, UNetScaffold, stage_features
 from nnunet_deconver.blocks.factorizer_block import FactorizerBlock
 from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
-from nnunet_deconver.layers.matricize import MatricizeKind
-from nnunet_deconver.layers.nmf import Solver, check_nmf_settings
+from nnunet_deconver.layers.matricize import MATRICIZE_KINDS, MatricizeKind
+from nnunet_deconver.layers.nmf import SOLVERS, Solver, check_nmf_settings
 from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
 
 
+@register_architecture(from_plans_configuration=("patch_size",))
 class FactorizerUNet(UNetScaffold):
     """U-shaped Factorizer built from nnU-Net plans quantities.
+
+    Every hyper-parameter is checked before anything is built; a bad one raises a one-line
+    ValueError naming it, its value and a valid example.
 
     Args (beyond :class:`UNetScaffold`'s topology arguments):
         matricize: "global", "local" or "swin" (Global / Local / Swin Factorizer).
         head_dim: E, channels per NMF matrix (8 for the paper's BraTS model, 4 for ISLES'22).
-        window: P, window per axis for local / swin (8 for BraTS, 4 for ISLES'22).
+        window: P, window per axis for local / swin (8 for BraTS, 4 for ISLES'22); at most the patch
+            size (deeper, smaller feature maps clamp it to their size).
         nmf_rank, nmf_iterations, nmf_solver: R, T and the solver of every NMF layer.
         mlp_ratio: MLP inner width over C (2 for BraTS, 4 for ISLES'22).
         use_nmf, use_mlp: block ablations (Table 3).
         patch_size: the training patch size; with ``positional_embedding`` it sizes the bridge's
             embedding (patch size / product of the strides). ``None`` builds no embedding.
         positional_embedding: add the learnable embedding in the bridge (Table 4).
+        stem_bias, downsampling_bias, fusion_bias: biases of the stem, the strided convolutions and
+            the decoder's skip fusion (see :class:`UNetScaffold`); the authors' code has none, and
+            the paper presets turn them off.
         dtc: DTC settings to upsample with deformable transposed convolutions (papers/dtc.md);
             ``None`` keeps plain transposed convolutions.
     """
@@ -50,6 +69,7 @@ class FactorizerUNet(UNetScaffold):
         kernel_sizes: int | Sequence,
         strides: int | Sequence,
         num_classes: int,
+        *,
         deep_supervision: bool = False,
         matricize: MatricizeKind = "swin",
         head_dim: int = 8,
@@ -64,26 +84,57 @@ class FactorizerUNet(UNetScaffold):
         use_mlp: bool = True,
         patch_size: Sequence[int] | None = None,
         positional_embedding: bool = True,
+        stem_bias: bool = True,
+        downsampling_bias: bool = True,
+        fusion_bias: bool = True,
         dtc: Mapping[str, Any] | None = None,
     ) -> None:
+        spatial_dims = convert_conv_op_to_dim(conv_op)
+        check_choice("matricize", matricize, MATRICIZE_KINDS, "swin")
+        check_integer("head_dim", head_dim, minimum=1, meaning="the head dimension E", example=8)
+        check_divides_every_stage(
+            "head_dim", head_dim, stage_features(features_per_stage, n_stages), "the head dimension E", preferred=8
+        )
+        _check_window(window, patch_size, spatial_dims, windowed=matricize != "global")
+        check_integer("nmf_rank", nmf_rank, minimum=1, meaning="the NMF rank R", example=1)
+        check_integer("nmf_iterations", nmf_iterations, minimum=0, meaning="the NMF iterations T", example=5)
+        check_choice("nmf_solver", nmf_solver, SOLVERS, "hals")
+        check_integer("mlp_ratio", mlp_ratio, minimum=1, meaning="the MLP inner width over C", example=2)
+        check_some_branch("Factorizer", {"use_nmf": use_nmf, "use_mlp": use_mlp})
+        check_flag("positional_embedding", positional_embedding)
         bridge_level = n_stages - 1
         bridge_size = _bridge_size(patch_size, strides, n_stages) if patch_size is not None else ()
         needs_embedding = [positional_embedding and patch_size is not None]
 
         def block_factory(spec: StageSpec) -> nn.Module:
             block = FactorizerBlock(
-                spec.channels, conv_op, matricize, head_dim, window, nmf_rank, nmf_iterations, nmf_solver,
-                mlp_ratio, use_nmf, use_mlp,
+                spec.channels,
+                conv_op,
+                matricize=matricize,
+                head_dim=head_dim,
+                window=window,
+                rank=nmf_rank,
+                iterations=nmf_iterations,
+                solver=nmf_solver,
+                mlp_ratio=mlp_ratio,
+                use_nmf=use_nmf,
+                use_mlp=use_mlp,
             )
             if spec.level == bridge_level and needs_embedding[0]:
                 needs_embedding[0] = False
-                return nn.Sequential(PositionalEmbedding(spec.channels, bridge_size), block)
+                return nn.Sequential(PositionalEmbedding(spec.channels, size=bridge_size), block)
             return block
 
         super().__init__(
             input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, num_classes,
-            deep_supervision, block_factory, blocks_per_stage, blocks_per_decoder_stage,
-            None if dtc is None else dtc_upsampler_factory(dtc),
+            deep_supervision=deep_supervision,
+            block_factory=block_factory,
+            blocks_per_stage=blocks_per_stage,
+            blocks_per_decoder_stage=blocks_per_decoder_stage,
+            upsampler_factory=None if dtc is None else dtc_upsampler_factory(dtc),
+            stem_bias=stem_bias,
+            downsampling_bias=downsampling_bias,
+            fusion_bias=fusion_bias,
         )
 
     def nmf_layers(self) -> list[WrappedNMF]:
@@ -129,6 +180,24 @@ class FactorizerUNet(UNetScaffold):
             layer.nmf.iterations = layer.nmf.iterations if iterations is None else iterations
             layer.nmf.rank = layer.nmf.rank if rank is None else rank
             layer.nmf.solver = layer.nmf.solver if solver is None else solver
+
+
+def _check_window(
+    window: int | Sequence[int], patch_size: Sequence[int] | None, spatial_dims: int, *, windowed: bool
+) -> None:
+    """P >= 1 per axis and, for local / swin with a known patch, no larger than the patch (one-line errors).
+
+    Deeper feature maps smaller than P are fine: Matricize clamps the window to their size.
+    """
+    windows = per_axis("window", window, spatial_dims, valid=lambda p: p >= 1, rule="windows must be >= 1",
+                       example="8")
+    if patch_size is None:
+        return
+    patch = per_axis("patch_size", patch_size, spatial_dims, valid=lambda n: n >= 1,
+                     rule="patch sizes must be >= 1", example=str([64] * spatial_dims))
+    if windowed and any(p > n for p, n in zip(windows, patch)):
+        fitting = [min(p, n) for p, n in zip(windows, patch)]
+        raise invalid("window", window, f"windows must fit in the patch {list(patch)}", str(fitting))
 
 
 def _bridge_size(patch_size: Sequence[int], strides: int | Sequence, n_stages: int) -> tuple[int, ...]:

@@ -6,6 +6,10 @@ strides such as (1, 2, 2) work) followed by the family's blocks. Decoder: per st
 concatenation, a pointwise convolution back to the stage width, the family's blocks, and a
 pointwise segmentation head. Deep supervision follows nnU-Net's contract: ``decoder.deep_supervision``
 toggles between one full-resolution logit map and a list of maps, highest resolution first.
+
+The papers' reference code builds the stem (both papers), the downsampling convolutions
+(Factorizer) and the skip fusion (both) without biases; ``stem_bias``, ``downsampling_bias`` and
+``fusion_bias`` choose (all True by default, the networks trained so far).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dynamic_network_architectures.building_blocks.helper import (
 )
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
+
+from nnunet_deconver.architectures.hyperparameter_checks import check_flag, check_integer, invalid, is_integer, per_stage
 
 
 @dataclass(frozen=True)
@@ -45,11 +51,16 @@ BlockFactory = Callable[[StageSpec], nn.Module]
 UpsamplerFactory = Callable[[int, int, tuple[int, ...]], nn.Module]
 
 
-def _per_stage(value: int | Sequence, n_stages: int, name: str) -> list:
-    values = [value] * n_stages if isinstance(value, int) else list(value)
-    if len(values) != n_stages:
-        raise ValueError(f"{name} must have one entry per stage ({n_stages}), got {len(values)}: {value!r}.")
+def _integers_per_stage(key: str, value: int | Sequence[int], count: int, minimum: int, example: str) -> list[int]:
+    values = per_stage(key, value, count, example)
+    if not all(is_integer(v) and v >= minimum for v in values):
+        raise invalid(key, value, f"every stage's entry must be an integer >= {minimum}", example)
     return values
+
+
+def stage_features(features_per_stage: int | Sequence[int], n_stages: int) -> list[int]:
+    """The width of every stage, refusing a wrong count or a width < 1 (one-line errors)."""
+    return _integers_per_stage("features_per_stage", features_per_stage, n_stages, 1, "[32, 64, 128, 256]")
 
 
 class UNetEncoder(nn.Module):
@@ -64,16 +75,22 @@ class UNetEncoder(nn.Module):
         strides: list[tuple[int, ...]],
         block_factory: BlockFactory,
         blocks_per_stage: list[int],
+        *,
+        stem_bias: bool,
+        downsampling_bias: bool,
     ) -> None:
         super().__init__()
         self.stem = conv_op(
-            input_channels, features[0], kernel_size=kernel_sizes[0], padding=[k // 2 for k in kernel_sizes[0]]
+            input_channels, features[0], kernel_size=kernel_sizes[0], padding=[k // 2 for k in kernel_sizes[0]],
+            bias=stem_bias,
         )
         stages = []
         for level, (channels, kernel, stride) in enumerate(zip(features, kernel_sizes, strides)):
             layers: list[nn.Module] = []
             if level > 0:
-                layers.append(conv_op(features[level - 1], channels, kernel_size=stride, stride=stride))
+                layers.append(
+                    conv_op(features[level - 1], channels, kernel_size=stride, stride=stride, bias=downsampling_bias)
+                )
             elif any(s != 1 for s in stride):
                 raise ValueError(f"The first stage must not downsample; plans give stride {stride} there.")
             spec = StageSpec(level, channels, kernel, in_decoder=False)
@@ -104,6 +121,8 @@ class UNetDecoder(nn.Module):
         blocks_per_stage: list[int],
         upsampler_factory: UpsamplerFactory,
         deep_supervision: bool,
+        *,
+        fusion_bias: bool,
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -111,7 +130,7 @@ class UNetDecoder(nn.Module):
         for level in reversed(range(len(features) - 1)):
             channels = features[level]
             upsamplers.append(upsampler_factory(features[level + 1], channels, strides[level + 1]))
-            fusions.append(conv_op(2 * channels, channels, kernel_size=1))
+            fusions.append(conv_op(2 * channels, channels, kernel_size=1, bias=fusion_bias))
             spec = StageSpec(level, channels, kernel_sizes[level], in_decoder=True)
             stages.append(nn.Sequential(*[block_factory(spec) for _ in range(blocks_per_stage[level])]))
             heads.append(conv_op(channels, num_classes, kernel_size=1))
@@ -164,6 +183,8 @@ class UNetScaffold(nn.Module):
         blocks_per_decoder_stage: blocks per decoder level (levels 0 .. n_stages - 2).
         upsampler_factory: builds the decoder upsampler (in channels, out channels, stride);
             default: transposed convolution with kernel = stride.
+        stem_bias, downsampling_bias, fusion_bias: biases of the stem, of the encoder's strided
+            convolutions and of the decoder's skip-fusion pointwise convolutions.
     """
 
     def __init__(
@@ -175,18 +196,25 @@ class UNetScaffold(nn.Module):
         kernel_sizes: int | Sequence,
         strides: int | Sequence,
         num_classes: int,
+        *,
         deep_supervision: bool,
         block_factory: BlockFactory,
         blocks_per_stage: int | Sequence[int] = 1,
         blocks_per_decoder_stage: int | Sequence[int] = 1,
         upsampler_factory: UpsamplerFactory | None = None,
+        stem_bias: bool = True,
+        downsampling_bias: bool = True,
+        fusion_bias: bool = True,
     ) -> None:
         super().__init__()
-        if n_stages < 2:
-            raise ValueError(f"A U-Net needs at least 2 stages, got n_stages={n_stages}.")
-        features = _per_stage(features_per_stage, n_stages, "features_per_stage")
-        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k)) for k in _per_stage(kernel_sizes, n_stages, "kernel_sizes")]
-        stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s)) for s in _per_stage(strides, n_stages, "strides")]
+        check_integer("n_stages", n_stages, minimum=2, meaning="a U-Net's number of stages", example=4)
+        features = stage_features(features_per_stage, n_stages)
+        for key, value in {"stem_bias": stem_bias, "downsampling_bias": downsampling_bias, "fusion_bias": fusion_bias}.items():
+            check_flag(key, value)
+        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k)) for k in per_stage("kernel_sizes", kernel_sizes, n_stages, "3")]
+        stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s)) for s in per_stage("strides", strides, n_stages, "[1, 2, 2, 2]")]
+        encoder_blocks = _integers_per_stage("blocks_per_stage", blocks_per_stage, n_stages, 0, "1")
+        decoder_blocks = _integers_per_stage("blocks_per_decoder_stage", blocks_per_decoder_stage, n_stages - 1, 0, "1")
         if upsampler_factory is None:
             transposed_op = get_matching_convtransp(conv_op)
 
@@ -196,14 +224,25 @@ class UNetScaffold(nn.Module):
         self.spatial_dims = convert_conv_op_to_dim(conv_op)
         self.size_divisor = tuple(math.prod(axis) for axis in zip(*stride_list))
         self.encoder = UNetEncoder(
-            input_channels, features, conv_op, kernels, stride_list, block_factory,
-            _per_stage(blocks_per_stage, n_stages, "blocks_per_stage"),
+            input_channels, features, conv_op, kernels, stride_list, block_factory, encoder_blocks,
+            stem_bias=stem_bias, downsampling_bias=downsampling_bias,
         )
         self.decoder = UNetDecoder(
-            features, conv_op, kernels, stride_list, num_classes, block_factory,
-            _per_stage(blocks_per_decoder_stage, n_stages - 1, "blocks_per_decoder_stage"),
-            upsampler_factory, deep_supervision,
+            features, conv_op, kernels, stride_list, num_classes, block_factory, decoder_blocks,
+            upsampler_factory, deep_supervision, fusion_bias=fusion_bias,
         )
+
+    def parameter_count(self, *, heads: int | None = None) -> int:
+        """Number of parameters, counting only the ``heads`` highest-resolution segmentation heads.
+
+        ``None`` counts every head. The papers' reference code builds fewer heads than nnU-Net's deep
+        supervision needs (one per decoder stage): Deconver one (the full-resolution logits),
+        Factorizer three (deep supervision at the three highest resolutions, papers/factorizer.md
+        section 3.2); ``heads=1`` / ``heads=3`` count as they do.
+        """
+        ignored = [] if heads is None else list(self.decoder.heads)[: max(len(self.decoder.heads) - heads, 0)]
+        ignored_ids = {id(p) for head in ignored for p in head.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in ignored_ids)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         spatial = tuple(x.shape[2:])

@@ -24,23 +24,27 @@ class DeconvMixer(nn.Module):
         ratio: NDC source channel ratio R.
         groups: NDC groups G (``None``: G = C).
         iterations: NDC multiplicative updates.
+        input_bias: bias of the input projection, eq. (6)'s first PointwiseConv (the authors' code
+            has none; the NDC's own source initialisation keeps its bias).
     """
 
     def __init__(
         self,
         channels: int,
         conv_op: type[_ConvNd],
+        *,
         kernel_size: int | Sequence[int] = 3,
         ratio: int = 4,
         groups: int | None = None,
         iterations: int = 1,
+        input_bias: bool = True,
     ) -> None:
         super().__init__()
-        self.project_in = conv_op(channels, channels, kernel_size=1)
+        self.project_in = conv_op(channels, channels, kernel_size=1, bias=input_bias)
         self.activation = nn.ReLU()
         self.ndc = NonnegativeDeconvolution(
             channels,
-            convert_conv_op_to_dim(conv_op),
+            spatial_dims=convert_conv_op_to_dim(conv_op),
             kernel_size=kernel_size,
             ratio=ratio,
             groups=groups,

@@ -28,12 +28,14 @@ class DeconverBlock(nn.Module):
         use_mixer: keep the Deconv Mixer branch.
         use_mlp: keep the MLP branch.
         norm_affine: learnable scale and shift in the instance norms (the paper has none).
+        mixer_input_bias: bias of the Deconv Mixer's input projection (see :class:`DeconvMixer`).
     """
 
     def __init__(
         self,
         channels: int,
         conv_op: type[_ConvNd],
+        *,
         kernel_size: int | Sequence[int] = 3,
         ratio: int = 4,
         groups: int | None = None,
@@ -42,6 +44,7 @@ class DeconverBlock(nn.Module):
         use_mixer: bool = True,
         use_mlp: bool = True,
         norm_affine: bool = False,
+        mixer_input_bias: bool = True,
     ) -> None:
         super().__init__()
         if not (use_mixer or use_mlp):
@@ -50,13 +53,16 @@ class DeconverBlock(nn.Module):
         self.mixer = (
             nn.Sequential(
                 norm_op(channels, affine=norm_affine),
-                DeconvMixer(channels, conv_op, kernel_size, ratio, groups, iterations),
+                DeconvMixer(
+                    channels, conv_op, kernel_size=kernel_size, ratio=ratio, groups=groups, iterations=iterations,
+                    input_bias=mixer_input_bias,
+                ),
             )
             if use_mixer
             else None
         )
         self.mlp = (
-            nn.Sequential(norm_op(channels, affine=norm_affine), PointwiseMLP(channels, conv_op, mlp_ratio))
+            nn.Sequential(norm_op(channels, affine=norm_affine), PointwiseMLP(channels, conv_op, expansion=mlp_ratio))
             if use_mlp
             else None
         )

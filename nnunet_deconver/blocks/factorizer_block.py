@@ -31,6 +31,7 @@ class FactorizerBlock(nn.Module):
         self,
         channels: int,
         conv_op: type[_ConvNd],
+        *,
         matricize: MatricizeKind = "swin",
         head_dim: int = 8,
         window: int | Sequence[int] = 8,
@@ -47,13 +48,18 @@ class FactorizerBlock(nn.Module):
         self.nmf_branch = (
             nn.Sequential(
                 ChannelLayerNorm(channels),
-                WrappedNMF(channels, conv_op, matricize, head_dim, window, rank, iterations, solver),
+                WrappedNMF(
+                    channels, conv_op, matricize=matricize, head_dim=head_dim, window=window, rank=rank,
+                    iterations=iterations, solver=solver,
+                ),
             )
             if use_nmf
             else None
         )
         self.mlp_branch = (
-            nn.Sequential(ChannelLayerNorm(channels), PointwiseMLP(channels, conv_op, mlp_ratio)) if use_mlp else None
+            nn.Sequential(ChannelLayerNorm(channels), PointwiseMLP(channels, conv_op, expansion=mlp_ratio))
+            if use_mlp
+            else None
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ class PointwiseMLP(nn.Module):
         expansion: the expansion factor alpha (the paper uses 4).
     """
 
-    def __init__(self, channels: int, conv_op: type[_ConvNd], expansion: int = 4) -> None:
+    def __init__(self, channels: int, conv_op: type[_ConvNd], *, expansion: int = 4) -> None:
         super().__init__()
         hidden = expansion * channels
         self.expand = conv_op(channels, hidden, kernel_size=1)

@@ -30,6 +30,7 @@ class WrappedNMF(nn.Module):
         self,
         channels: int,
         conv_op: type[_ConvNd],
+        *,
         matricize: MatricizeKind = "swin",
         head_dim: int = 8,
         window: int | Sequence[int] = 8,
@@ -40,10 +41,10 @@ class WrappedNMF(nn.Module):
         super().__init__()
         if channels % head_dim:
             raise ValueError(f"Head dimension E={head_dim} does not divide the stage width {channels}.")
-        self.matricizer = Matricizer(matricize, head_dim, window)
+        self.matricizer = Matricizer(matricize, head_dim=head_dim, window=window)
         self.project_in = conv_op(channels, channels, kernel_size=1, bias=False)
         self.activation = nn.ReLU()
-        self.nmf = NMF(rank, iterations, solver)
+        self.nmf = NMF(rank=rank, iterations=iterations, solver=solver)
         self.project_out = conv_op(channels, channels, kernel_size=1)
         self.nmf_enabled = True
 

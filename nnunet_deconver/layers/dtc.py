@@ -69,6 +69,23 @@ def base_grid(output_size: Sequence[int], like: Tensor) -> Tensor:
     return grid.flip(-1)
 
 
+def _checked_receptive_field(
+    receptive_field: float | Sequence[float] | None, spatial_dims: int
+) -> float | tuple[float, ...] | None:
+    """lambda as given (scalar, one per axis, or ``None``) after refusing negative or misshaped values."""
+    if receptive_field is None:
+        return None
+    values = [receptive_field] if isinstance(receptive_field, (int, float)) else list(receptive_field)
+    if len(values) not in (1, spatial_dims) or any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in values
+    ):
+        raise ValueError(
+            f"receptive_field={receptive_field!r} is invalid: lambda must be a number of input voxels >= 0, one "
+            f"or {spatial_dims} of them (one per axis), or null for unlimited; e.g. 1.0 or [1.0, 2.0, 2.0]."
+        )
+    return float(values[0]) if isinstance(receptive_field, (int, float)) else tuple(float(v) for v in values)
+
+
 class DeformableTransposedConv(nn.Module):
     """DTC upsampler: ordinary upsampling + deformable sampling of pointwise features (eq. 1-2).
 
@@ -110,7 +127,7 @@ class DeformableTransposedConv(nn.Module):
             )
         self.stride = stride
         self.spatial_dims = spatial_dims
-        self.receptive_field = receptive_field
+        self.receptive_field = _checked_receptive_field(receptive_field, spatial_dims)
         self.base_upsampling = base_upsampling
         self.use_weights = use_weights
         self.weight_activation = weight_activation

@@ -43,7 +43,7 @@ def derive_plans(plans: dict, presets: Sequence[Preset], plans_name: str, source
         preset = by_dimension.get(len(configuration.get("patch_size", ())))
         if preset is None or "architecture" not in configuration:  # 'inherits_from' configurations follow their parent
             continue
-        configuration["architecture"] = preset.architecture(configuration["architecture"]["arch_kwargs"], name, configuration)
+        configuration["architecture"] = preset.architecture(configuration["architecture"], name, configuration)
         applied[name] = preset.name
     if not applied:
         raise ValueError(

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnunet_deconver.nnunet.architecture_registry import PLANS_CONFIGURATION_ARGUMENTS, validate_architecture
+from nnunet_deconver.architectures.registry import class_path
+from nnunet_deconver.nnunet.network_from_plans import Architecture, checked_entry, validate_architecture
 from nnunet_deconver.nnunet.plans_topology import TOPOLOGY_KEYS
 from nnunet_deconver.shipped_folders import shipped_folder
 
@@ -34,68 +35,64 @@ class Preset:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, int] | None = None
 
-    def architecture(
-        self, planned: dict[str, Any], configuration_name: str, configuration: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The ``architecture`` entry of a plans configuration whose planned arch_kwargs are ``planned``.
+    def architecture(self, planned: Architecture, configuration_name: str, configuration: dict[str, Any]) -> Architecture:
+        """The ``architecture`` entry of a plans configuration whose planned architecture is ``planned``.
 
+        A wrapper of one of nnU-Net's networks (DTC) keeps the whole planned architecture and adds its
+        options; any other architecture takes the planned topology (or the preset's ``stages`` rule).
         ``configuration`` is the plans configuration itself; the values an architecture reads from it
-        (:data:`PLANS_CONFIGURATION_ARGUMENTS`, e.g. the patch size) are copied into the arch_kwargs,
-        where nnU-Net's stock trainer and predictor find them.
+        (e.g. the patch size) are copied into the arch_kwargs, where nnU-Net's stock trainer and
+        predictor find them. The result is built on the meta device (and a patch passed through it)
+        before it is returned.
 
         Raises:
-            ValueError: if the preset needs more stages than nnU-Net planned for the configuration, or
-                wraps another network than the one planned.
+            ValueError: one line: the preset needs more stages than nnU-Net planned, wraps another
+                network than the planned one, or a hyper-parameter is invalid for these plans.
         """
-        network_class = validate_architecture(self.network_class_name, self.arch_kwargs)
-        wrapped = getattr(network_class, "wrapped_architecture", None)
-        if wrapped is not None:
-            return self._wrapped_architecture(wrapped, configuration_name, configuration)
-        topology = {key: planned[key] for key in TOPOLOGY_KEYS}
-        if self.stages is not None:
-            n_stages = self.stages["n_stages"]
-            if n_stages > planned["n_stages"]:
+        entry = checked_entry(self.network_class_name, self.arch_kwargs)
+        if entry.wraps is not None:
+            if planned["network_class_name"] != class_path(entry.wraps):
                 raise ValueError(
-                    f"Preset {self.name!r} needs {n_stages} stages but nnU-Net planned {planned['n_stages']} for "
-                    f"'{configuration_name}' (its patch size allows no more downsampling); use a preset that keeps "
-                    f"nnU-Net's topology (e.g. deconver-{self.dimension}d-k3) or plan a larger patch."
+                    f"Preset {self.name!r} wraps {entry.wraps.__name__} but '{configuration_name}' plans "
+                    f"{planned['network_class_name'].rsplit('.', 1)[-1]}; choose the preset for that network "
+                    f"(`nnunet-deconver presets`)."
                 )
-            topology.update(
-                n_stages=n_stages,
-                features_per_stage=[
-                    min(self.stages["base_features"] * 2**level, self.stages["max_features"]) for level in range(n_stages)
-                ],
-                kernel_sizes=planned["kernel_sizes"][:n_stages],
-                strides=planned["strides"][:n_stages],
-            )
-        from_configuration = {name: configuration[name] for name in PLANS_CONFIGURATION_ARGUMENTS.get(network_class, ())}
-        return {
-            "network_class_name": self.network_class_name,
-            "arch_kwargs": {**topology, **from_configuration, **self.arch_kwargs},
-            "_kw_requires_import": ["conv_op"],
-        }
+            architecture = {
+                "network_class_name": self.network_class_name,
+                "arch_kwargs": {**planned["arch_kwargs"], **self.arch_kwargs},
+                "_kw_requires_import": list(planned.get("_kw_requires_import", [])),
+            }
+        else:
+            from_configuration = {name: configuration[name] for name in entry.from_plans_configuration}
+            architecture = {
+                "network_class_name": self.network_class_name,
+                "arch_kwargs": {**self._topology(planned["arch_kwargs"], configuration_name), **from_configuration,
+                                **self.arch_kwargs},
+                "_kw_requires_import": ["conv_op"],
+            }
+        validate_architecture(architecture, configuration, f"Preset {self.name!r} on configuration {configuration_name!r}")
+        return architecture
 
-    def _wrapped_architecture(
-        self, wrapped: type, configuration_name: str, configuration: dict[str, Any]
-    ) -> dict[str, Any]:
-        """A wrapper of nnU-Net's planned network (DTC) keeps the whole planned architecture and adds its own
-        arguments.
-
-        Raises:
-            ValueError: the configuration's planned network is not the one the preset wraps.
-        """
-        planned = configuration["architecture"]
-        wrapped_name = f"{wrapped.__module__}.{wrapped.__qualname__}"
-        if planned["network_class_name"] != wrapped_name:
+    def _topology(self, planned: dict[str, Any], configuration_name: str) -> dict[str, Any]:
+        """The planned topology, or the preset's ``stages`` rule over the first L planned strides."""
+        topology = {key: planned[key] for key in TOPOLOGY_KEYS}
+        if self.stages is None:
+            return topology
+        n_stages = self.stages["n_stages"]
+        if n_stages > planned["n_stages"]:
             raise ValueError(
-                f"Preset {self.name!r} wraps {wrapped.__name__} but '{configuration_name}' plans "
-                f"{planned['network_class_name'].rsplit('.', 1)[-1]}; choose the preset for that network "
-                f"(`nnunet-deconver presets`)."
+                f"Preset {self.name!r} needs {n_stages} stages but nnU-Net planned {planned['n_stages']} for "
+                f"'{configuration_name}' (its patch size allows no more downsampling); use a preset that keeps "
+                f"nnU-Net's topology (e.g. deconver-{self.dimension}d-k3) or plan a larger patch."
             )
         return {
-            "network_class_name": self.network_class_name,
-            "arch_kwargs": {**planned["arch_kwargs"], **self.arch_kwargs},
-            "_kw_requires_import": list(planned.get("_kw_requires_import", [])),
+            **topology,
+            "n_stages": n_stages,
+            "features_per_stage": [
+                min(self.stages["base_features"] * 2**level, self.stages["max_features"]) for level in range(n_stages)
+            ],
+            "kernel_sizes": planned["kernel_sizes"][:n_stages],
+            "strides": planned["strides"][:n_stages],
         }
 
 
@@ -128,7 +125,7 @@ def load_preset(name_or_path: str) -> Preset:
     if stages is not None and (set(stages) != STAGE_RULE_KEYS or any(not isinstance(v, int) or v < 1 for v in stages.values())):
         raise ValueError(f"Preset {path}: 'stages' must give positive integers for exactly {sorted(STAGE_RULE_KEYS)}.")
     arch_kwargs = content.get("arch_kwargs", {})
-    validate_architecture(content["network_class_name"], arch_kwargs)
+    checked_entry(content["network_class_name"], arch_kwargs)
     return Preset(
         name=path.stem,
         description=content.get("description", ""),

@@ -18,7 +18,8 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from nnunet_deconver.nnunet.architecture_registry import validate_architecture
+from nnunet_deconver.architectures.registry import class_path
+from nnunet_deconver.nnunet.network_from_plans import build_network
 from nnunet_deconver.nnunet.plans_topology import plans_topology
 from nnunet_deconver.nnunet.presets import Preset
 
@@ -54,18 +55,22 @@ def preset_networks(
     if len(patch_size) != preset.dimension:
         raise ValueError(f"Preset {preset.name!r} is {preset.dimension}D but the patch size {patch_size} is not.")
     n_stages = preset.stages["n_stages"]
+    conv_op = convert_dim_to_conv_op(preset.dimension)
     planned = {
         "n_stages": n_stages,
         "features_per_stage": [0] * n_stages,  # replaced by the preset's C_l = min(C0 * 2^l, max)
-        "conv_op": convert_dim_to_conv_op(preset.dimension),
+        "conv_op": class_path(conv_op),
         "kernel_sizes": [[3] * preset.dimension] * n_stages,
         "strides": [[1] * preset.dimension] + [[2] * preset.dimension] * (n_stages - 1),
     }
-    arch_kwargs = preset.architecture(planned, "profile", {"patch_size": list(patch_size)})["arch_kwargs"]
-    topology = {key: arch_kwargs[key] for key in planned}
-    network_class = validate_architecture(preset.network_class_name, arch_kwargs)
+    configuration = {"patch_size": list(patch_size)}
+    architecture = preset.architecture(
+        {"network_class_name": class_path(PlainConvUNet), "arch_kwargs": planned, "_kw_requires_import": ["conv_op"]},
+        "profile", configuration,
+    )
+    topology = {**{key: architecture["arch_kwargs"][key] for key in planned}, "conv_op": conv_op}
     with torch.device("meta"):
-        ours = network_class(input_channels=input_channels, num_classes=num_classes, deep_supervision=True, **arch_kwargs)
+        ours = build_network(architecture, input_channels, num_classes, True, configuration)
         baseline = nnunet_plain_unet(topology, input_channels, num_classes)
     return ours, baseline
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-from nnunet_deconver.architectures.deconver_unet import DeconverUNet
+from nnunet_deconver.architectures.deconver_unet import DEFAULT_NDC_KERNEL_SIZE, DeconverUNet
 from nnunet_deconver.nnunet.lr_schedules import WarmupCosineLRScheduler
 from nnunet_deconver.nnunet.trainers.plugin_network import nnUNetTrainerPluginNetwork
 from nnunet_deconver.nnunet.trainers.schedule import ScheduleOverride
 
-# The paper found 3x3x3 best in 3-D (ISLES'22, BraTS'23) and 5x5 best in 2-D (GlaS, FIVES).
-DEFAULT_NDC_KERNEL_SIZE: dict[int, int] = {2: 5, 3: 3}
+# What DeconverUNet builds when the plans name no NDC kernel (presets leave defaults out).
+_CONSTRUCTOR_NDC_KERNEL_SIZE = inspect.signature(DeconverUNet).parameters["ndc_kernel_size"].default
 
 
 class nnUNetTrainerDeconver(nnUNetTrainerPluginNetwork):
@@ -35,7 +36,7 @@ class nnUNetTrainerDeconver(nnUNetTrainerPluginNetwork):
 
     @classmethod
     def check_planned_architecture(cls, arch_kwargs: dict[str, Any]) -> None:
-        planned_kernel = arch_kwargs.get("ndc_kernel_size")
+        planned_kernel = arch_kwargs.get("ndc_kernel_size", _CONSTRUCTOR_NDC_KERNEL_SIZE)
         if cls.ndc_kernel_size is not None and planned_kernel != cls.ndc_kernel_size:
             raise ValueError(
                 f"{cls.__name__} uses NDC kernel {cls.ndc_kernel_size} but the plans prescribe {planned_kernel}; "

@@ -13,28 +13,26 @@ import pydoc
 from typing import Any, ClassVar
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
-from nnunet_deconver.architectures.dtc_upsampling import DTCPlainConvUNet, DTCResidualEncoderUNet
+from nnunet_deconver.architectures.registry import class_path, registered_architectures
+from nnunet_deconver.nnunet.network_from_plans import Architecture
 from nnunet_deconver.nnunet.trainers.deconver import nnUNetTrainerDeconver
+from nnunet_deconver.nnunet.trainers.plugin_network import nnUNetTrainerPluginNetwork
 from nnunet_deconver.nnunet.trainers.schedule import ScheduleOverride
 
-DTC_OF: dict[type[nn.Module], type[nn.Module]] = {
-    PlainConvUNet: DTCPlainConvUNet,
-    ResidualEncoderUNet: DTCResidualEncoderUNet,
-}
+
+def dtc_wrapper_of(network_class: type[nn.Module]) -> type[nn.Module] | None:
+    """The registered DTC wrapper of one of nnU-Net's networks (the entry that ``wraps`` it), if any."""
+    wrappers = [entry.cls for entry in registered_architectures().values() if entry.wraps is network_class]
+    return wrappers[0] if wrappers else None
 
 
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-class nnUNetTrainerDTC(nnUNetTrainer):
+class nnUNetTrainerDTC(nnUNetTrainerPluginNetwork):
     """nnU-Net's recipe and planned network, decoder upsampling by DTC (lambda = 1 input voxel)."""
 
+    network_class = None  # nnU-Net's planned network, wrapped
     dtc_settings: ClassVar[dict[str, Any]] = {"receptive_field": 1.0}
     accepted_networks: ClassVar[tuple[type[nn.Module], ...]] = (PlainConvUNet, ResidualEncoderUNet)
     plans_hint: ClassVar[str] = (
@@ -43,25 +41,23 @@ class nnUNetTrainerDTC(nnUNetTrainer):
     )
 
     @classmethod
-    def build_network_architecture(
-        cls,
-        plans_manager: PlansManager,
-        configuration_manager: ConfigurationManager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool = True,
-    ) -> nn.Module:
-        class_name = configuration_manager.network_arch_class_name
-        planned = pydoc.locate(class_name)
-        if planned not in cls.accepted_networks:
+    def plans_mismatch_hint(cls) -> str:
+        return cls.plans_hint
+
+    @classmethod
+    def default_architecture(cls, planned: Architecture, configuration_manager: ConfigurationManager) -> Architecture:
+        class_name = planned["network_class_name"]
+        network_class = pydoc.locate(class_name)
+        wrapper = dtc_wrapper_of(network_class) if network_class in cls.accepted_networks else None
+        if wrapper is None:
             accepted = ", ".join(c.__name__ for c in cls.accepted_networks)
             raise ValueError(f"{cls.__name__} adds DTC to nnU-Net's {accepted}, but the plans name {class_name}; "
                              f"{cls.plans_hint}.")
-        arch_kwargs = {**configuration_manager.network_arch_init_kwargs, "dtc": dict(cls.dtc_settings)}
-        return get_network_from_plans(
-            _class_path(DTC_OF[planned]), arch_kwargs, configuration_manager.network_arch_init_kwargs_req_import,
-            num_input_channels, num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision,
-        )
+        return {
+            "network_class_name": class_path(wrapper),
+            "arch_kwargs": {**planned["arch_kwargs"], "dtc": dict(cls.dtc_settings)},
+            "_kw_requires_import": planned["_kw_requires_import"],
+        }
 
 
 class nnUNetTrainerDTC_rf2(nnUNetTrainerDTC):

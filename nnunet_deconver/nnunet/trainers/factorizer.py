@@ -8,6 +8,7 @@ from the plans' patch size. The variants differ in Matricize only.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
@@ -16,6 +17,9 @@ from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 from nnunet_deconver.layers.matricize import MatricizeKind
 from nnunet_deconver.nnunet.trainers.plugin_network import nnUNetTrainerPluginNetwork
 from nnunet_deconver.nnunet.trainers.schedule import ScheduleOverride
+
+# What FactorizerUNet builds when the plans name no matricize (presets leave defaults out).
+_CONSTRUCTOR_MATRICIZE = inspect.signature(FactorizerUNet).parameters["matricize"].default
 
 
 class nnUNetTrainerFactorizerSwin(nnUNetTrainerPluginNetwork):
@@ -30,7 +34,7 @@ class nnUNetTrainerFactorizerSwin(nnUNetTrainerPluginNetwork):
 
     @classmethod
     def check_planned_architecture(cls, arch_kwargs: dict[str, Any]) -> None:
-        planned = arch_kwargs.get("matricize", "swin")
+        planned = arch_kwargs.get("matricize", _CONSTRUCTOR_MATRICIZE)
         if planned != cls.matricize:
             raise ValueError(
                 f"{cls.__name__} trains '{cls.matricize}' Matricize but the plans prescribe '{planned}'; train "
