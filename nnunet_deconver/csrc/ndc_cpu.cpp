@@ -13,6 +13,9 @@
 //     dS = g * N / D + A(W),   dX = F(gN),
 //     dV[c, r, o] = sum_p (gN[cR+r, p] X[c, p-o] + gD[cR+r, p] Y[c, p-o] + S[cR+r, p] W[c, p-o]).
 //
+// The pointwise products are ordered as in ndc_lean.py, so that no intermediate overflows where
+// the result does not: S1 = max(S, N) * (min(S, N) / D), gN = g * (S / D), gD = -(gN / D) * N.
+//
 // Layout. The spatial axes are (depth, height, width), depth = 1 for 2-D; a "row" is one (batch,
 // depth, height) line of `width` positions. Internally channels come in blocks of one vector (L
 // lanes, zero padded) and every row is stored block by block, [block][position][lane], with `mw`
@@ -77,6 +80,17 @@ inline void store(T* p, Vec<T> v) {
 template <typename T>
 inline Vec<T> broadcast(T x) {
   return Vec<T>{} + x;
+}
+
+// Lane-wise minimum and maximum of two vectors (V = Vec<T>; a template on V, since T is not deducible).
+template <typename V>
+inline V minimum(V a, V b) {
+  return a < b ? a : b;
+}
+
+template <typename V>
+inline V maximum(V a, V b) {
+  return a < b ? b : a;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -525,7 +539,7 @@ void for_numerator_denominator(const Kernel<T>& k, const Scratch<T>& s, int coun
       }
 }
 
-// S1 = S * (A(X) + eps) / (A(Y) + eps), one update of eq. (7).
+// S1 = S * (A(X) + eps) / (A(Y) + eps), one update of eq. (7), as max(S, N) * (min(S, N) / D).
 template <typename T>
 void update_pass(Kernel<T>& k, const T* source, const T* y, T* result) {
   const Geometry& g = k.g;
@@ -533,7 +547,8 @@ void update_pass(Kernel<T>& k, const T* source, const T* y, T* result) {
     const int count = neighbour_rows(g, n, s.taps.data());
     stage_row(g, source + n * g.torch_e_row(), s.source);
     for_numerator_denominator(k, s, count, y, [&](int64_t i, Vec<T> numerator, Vec<T> denominator) {
-      store(s.out + i, load(s.source + i) * numerator / denominator);
+      const Vec<T> sv = load(s.source + i);
+      store(s.out + i, maximum(sv, numerator) * (minimum(sv, numerator) / denominator));
     });
     unstage_row(g, s.out, result + n * g.torch_e_row(), false);
   });
@@ -551,10 +566,10 @@ void backward_pointwise_pass(Kernel<T>& k, const T* grad, const T* source, const
     stage_row(g, source + n * g.torch_e_row(), s.source);
     for_numerator_denominator(k, s, count, y, [&](int64_t i, Vec<T> numerator, Vec<T> denominator) {
       const Vec<T> gv = load(s.grad + i), inv_den = broadcast(T(1)) / denominator;
-      const Vec<T> ratio = numerator * inv_den, grad_num = gv * load(s.source + i) * inv_den;
-      store(s.out + i, gv * ratio);
+      const Vec<T> grad_num = gv * (load(s.source + i) * inv_den);
+      store(s.out + i, gv * (numerator * inv_den));
       store(s.grad_numerator + i, grad_num);
-      store(s.grad_denominator + i, -grad_num * ratio);
+      store(s.grad_denominator + i, -(grad_num * inv_den) * numerator);
     });
     unstage_row(g, s.out, grad_source + n * g.torch_e_row(), false);
     if (s.filter_grad != nullptr) {
