@@ -106,6 +106,29 @@ def test_derived_plans_train_and_predict_with_p(trained, tmp_path: Path) -> None
     assert sorted(p.name for p in output.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in dataset.test_cases]
 
 
+def test_plans_written_by_version_0_1_0_train_and_predict(trained, tmp_path: Path) -> None:
+    """A derived plans file as 0.1.0's `nnunet-deconver plan` wrote it (the names and hyper-parameters recorded
+    in tests/fixtures/v0_1_0_networks.json) trains and predicts with the current code."""
+    folders, dataset = trained
+    record = json.loads((Path(__file__).parents[1] / "fixtures" / "v0_1_0_networks.json").read_text())
+    (legacy,) = [r["architecture"] for r in record["presets"]
+                 if (r["preset"], r["plans"], r["configuration"]) == ("deconver-2d-k5", "nnUNetPlans", "2d")]
+    (dataset_folder,) = folders.preprocessed.glob(f"Dataset{DATASET_ID}_*")
+    plans = json.loads((dataset_folder / "nnUNetPlans.json").read_text())
+    planned = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    topology = {key: planned[key] for key in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides")}
+    legacy_kwargs = {key: value for key, value in legacy["arch_kwargs"].items() if key not in topology}
+    plans["configurations"]["2d"]["architecture"] = {**legacy, "arch_kwargs": {**topology, **legacy_kwargs}}
+    plans["plans_name"] = "nnUNetLegacyPlans"
+    (dataset_folder / "nnUNetLegacyPlans.json").write_text(json.dumps(plans, indent=4))
+    run(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-p", "nnUNetLegacyPlans", "-tr", TRAINER, "-device", "cpu"],
+        folders)
+    output = tmp_path / "prediction"
+    run(["nnUNetv2_predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID), "-c", "2d",
+         "-f", "0", "-p", "nnUNetLegacyPlans", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], folders)
+    assert sorted(p.name for p in output.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in dataset.test_cases]
+
+
 @pytest.fixture(scope="module")
 def factorizer_trained(trained) -> tuple[NnUNetFolders, MNI152Dataset]:
     """The Swin Factorizer smoke trainer on the same plans and preprocessed data, both configurations."""
