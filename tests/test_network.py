@@ -208,7 +208,8 @@ def test_the_reference_bias_options_drop_exactly_those_biases() -> None:
                for name in dropped)
     assert len(dropped) == 1 + 3 + 7  # stem, 3 fusions, 7 mixers (4 encoder + 3 decoder stages)
     assert all(reference[name].shape == tensor.shape for name, tensor in default.items() if name in reference)
-    assert sum(default[name].numel() for name in dropped) == 64 + (256 + 128 + 64) + (64 + 128 + 256 + 512 + 256 + 128 + 64)
+    mixers = 64 + 128 + 256 + 512 + 256 + 128 + 64
+    assert sum(default[name].numel() for name in dropped) == 64 + (256 + 128 + 64) + mixers
 
 
 def test_parameter_count_can_leave_out_the_deep_supervision_heads() -> None:

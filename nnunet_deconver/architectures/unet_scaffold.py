@@ -27,7 +27,13 @@ from dynamic_network_architectures.building_blocks.helper import (
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_deconver.architectures.hyperparameter_checks import check_flag, check_integer, invalid, is_integer, per_stage
+from nnunet_deconver.architectures.hyperparameter_checks import (
+    check_flag,
+    check_integer,
+    invalid,
+    is_integer,
+    per_stage,
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,8 @@ def _integers_per_stage(key: str, value: int | Sequence[int], count: int, minimu
 
 def stage_features(features_per_stage: int | Sequence[int], n_stages: int) -> list[int]:
     """The width of every stage, refusing a wrong count or a width < 1 (one-line errors)."""
-    return _integers_per_stage("features_per_stage", features_per_stage, n_stages, 1, "[32, 64, 128, 256]")
+    example = str([32 * 2**level for level in range(n_stages)])
+    return _integers_per_stage("features_per_stage", features_per_stage, n_stages, 1, example)
 
 
 class UNetEncoder(nn.Module):
@@ -209,10 +216,13 @@ class UNetScaffold(nn.Module):
         super().__init__()
         check_integer("n_stages", n_stages, minimum=2, meaning="a U-Net's number of stages", example=4)
         features = stage_features(features_per_stage, n_stages)
-        for key, value in {"stem_bias": stem_bias, "downsampling_bias": downsampling_bias, "fusion_bias": fusion_bias}.items():
+        biases = {"stem_bias": stem_bias, "downsampling_bias": downsampling_bias, "fusion_bias": fusion_bias}
+        for key, value in biases.items():
             check_flag(key, value)
-        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k)) for k in per_stage("kernel_sizes", kernel_sizes, n_stages, "3")]
-        stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s)) for s in per_stage("strides", strides, n_stages, "[1, 2, 2, 2]")]
+        planned_strides = per_stage("strides", strides, n_stages, str([1] + [2] * (n_stages - 1)))
+        planned_kernels = per_stage("kernel_sizes", kernel_sizes, n_stages, "3")
+        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k)) for k in planned_kernels]
+        stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s)) for s in planned_strides]
         encoder_blocks = _integers_per_stage("blocks_per_stage", blocks_per_stage, n_stages, 0, "1")
         decoder_blocks = _integers_per_stage("blocks_per_decoder_stage", blocks_per_decoder_stage, n_stages - 1, 0, "1")
         if upsampler_factory is None:
