@@ -11,7 +11,6 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
@@ -22,67 +21,12 @@ from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 from nnunet_deconver.layers.dtc import DeformableTransposedConv
 from nnunet_deconver.nnunet.presets import load_preset
 from nnunet_deconver.nnunet.trainers import nnUNetTrainerDTC
+from support.networks import dtc_parameters, dtcs, n_parameters, planned_network, transposed_convs
+from support.plans import DTC_PLAIN_UNET as DTC_PLAIN
+from support.plans import PLAIN_UNET, RESENC_UNET
+from support.plans import narrow_configuration as configuration_manager
 
-PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-RESENC_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-DTC_PLAIN = "nnunet_deconver.architectures.dtc_upsampling.DTCPlainConvUNet"
 SATURATED = 30.0
-
-
-def plans_configuration(spatial_dims: int, network: str = PLAIN_UNET) -> dict:
-    """A tiny plans configuration as nnUNetv2_plan_and_preprocess writes it (anisotropic in 3-D)."""
-    if spatial_dims == 3:
-        topology = {"conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
-                    "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]]}
-        patch = [4, 16, 16]
-    else:
-        topology = {"conv_op": "torch.nn.modules.conv.Conv2d", "kernel_sizes": [[3, 3]] * 3,
-                    "strides": [[1, 1], [2, 2], [2, 2]]}
-        patch = [16, 20]
-    per_network = ({"n_conv_per_stage": [1, 1, 1]} if network == PLAIN_UNET else {"n_blocks_per_stage": [1, 1, 1]})
-    arch = {"n_stages": 3, "features_per_stage": [4, 8, 16], **topology, **per_network,
-            "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
-            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{spatial_dims}d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
-    return {"data_identifier": f"nnUNetPlans_{spatial_dims}d", "patch_size": patch, "batch_size": 2,
-            "architecture": {"network_class_name": network, "arch_kwargs": arch,
-                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
-
-
-def configuration_manager(spatial_dims: int, network: str = PLAIN_UNET) -> ConfigurationManager:
-    return ConfigurationManager(plans_configuration(spatial_dims, network))
-
-
-def planned_network(config: ConfigurationManager, class_name: str | None = None, extra: dict | None = None,
-                    deep_supervision: bool = True) -> nn.Module:
-    """nnU-Net's own build (get_network_from_plans, with nnU-Net's initialisation)."""
-    return get_network_from_plans(class_name or config.network_arch_class_name,
-                                  {**config.network_arch_init_kwargs, **(extra or {})},
-                                  config.network_arch_init_kwargs_req_import, 1, 3, allow_init=True,
-                                  deep_supervision=deep_supervision)
-
-
-def n_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def dtc_parameters(transposed: list[tuple[int, int, tuple[int, ...]]]) -> int:
-    """What DTC adds per wrapped transposed conv (C_in -> C_out, stride s, d axes): the 1x1 conv
-    (C_in C_out + C_out) and the coordinate branch (C_in 2d prod(s) + 2d)."""
-    total = 0
-    for c_in, c_out, stride in transposed:
-        d = len(stride)
-        total += c_in * c_out + c_out + c_in * 2 * d * math.prod(stride) + 2 * d
-    return total
-
-
-def transposed_convs(network: nn.Module) -> list[tuple[int, int, tuple[int, ...]]]:
-    return [(t.in_channels, t.out_channels, tuple(t.stride)) for t in network.decoder.transpconvs]
-
-
-def dtcs(network: nn.Module) -> list[DeformableTransposedConv]:
-    return [m for m in network.modules() if isinstance(m, DeformableTransposedConv)]
 
 
 # --------------------------------------------------------------------------------------------------

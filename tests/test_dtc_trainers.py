@@ -8,25 +8,18 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-from test_dtc_networks import (
-    DTC_PLAIN,
-    PLAIN_UNET,
-    RESENC_UNET,
-    configuration_manager,
-    dtc_parameters,
-    dtcs,
-    n_parameters,
-    planned_network,
-    transposed_convs,
-)
-from test_presets import nnunet_plans
-from test_trainers import python_in_fresh_process
 
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.architectures.dtc_upsampling import DTCPlainConvUNet, DTCResidualEncoderUNet, check_dtc_settings
 from nnunet_deconver.layers.dtc import DeformableTransposedConv
+from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
 from nnunet_deconver.nnunet.derived_plans import derive_plans
 from nnunet_deconver.nnunet.presets import available_presets, load_preset
+from support.networks import dtc_parameters, dtcs, n_parameters, planned_network, transposed_convs
+from support.plans import DTC_PLAIN_UNET as DTC_PLAIN
+from support.plans import PLAIN_UNET, RESENC_UNET, nnunet_plans, resenc_plans
+from support.plans import narrow_configuration as configuration_manager
+from support.processes import python_in_fresh_process
 from nnunet_deconver.nnunet.trainers import (
     nnUNetTrainerDeconverDTC,
     nnUNetTrainerDTC,
@@ -132,18 +125,6 @@ def test_deconver_dtc_trainer_refuses_deconver_plans_without_dtc() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def resenc_plans() -> dict:
-    """nnunet_plans() as nnUNetPlannerResEncM would write them: ResidualEncoderUNet with blocks per stage."""
-    plans = nnunet_plans()
-    plans["plans_name"] = "nnUNetResEncUNetMPlans"
-    for configuration in plans["configurations"].values():
-        if "architecture" in configuration:
-            configuration["architecture"]["network_class_name"] = RESENC_UNET
-            kwargs = configuration["architecture"]["arch_kwargs"]
-            kwargs["n_blocks_per_stage"] = [1, 3, 4, 6, 6][: len(kwargs.pop("n_conv_per_stage"))]
-    return plans
-
-
 DTC_PRESETS = ["dtc-2d", "dtc-3d", "dtc-resenc-2d", "dtc-resenc-3d", "deconver-dtc-2d", "deconver-dtc-3d"]
 
 
@@ -153,8 +134,8 @@ def test_the_dtc_presets_ship_with_valid_dtc_settings() -> None:
         preset = load_preset(name)
         assert preset.dimension == int(name[-2])
         settings = check_dtc_settings(preset.arch_kwargs["dtc"])
-        assert settings["receptive_field"] == 1.0 and settings["base_upsampling"] == "transposed"
-        DeformableTransposedConv(2, 2, (2,) * preset.dimension, **settings)  # accepted by the layer
+        layer = DeformableTransposedConv(2, 2, (2,) * preset.dimension, **settings)  # accepted by the layer
+        assert layer.receptive_field == 1.0 and layer.base_upsampling == "transposed"  # the paper's default
 
 
 @pytest.mark.parametrize(
@@ -218,12 +199,14 @@ def test_deconver_dtc_presets_build_deconver_with_dtc() -> None:
     manager = PlansManager(derived)
     for name, kernel in (("2d", 5), ("3d_fullres", 3)):
         kwargs = derived["configurations"][name]["architecture"]["arch_kwargs"]
-        assert kwargs["dtc"]["receptive_field"] == 1.0 and kwargs["ndc_kernel_size"] == kernel
+        assert "dtc" in kwargs
         assert kwargs["strides"] == plans["configurations"][name]["architecture"]["arch_kwargs"]["strides"]
         for trainer in (nnUNetTrainer, nnUNetTrainerDeconverDTC):
             network = trainer.build_network_architecture(manager, manager.get_configuration(name), 1, 2, True)
             assert type(network) is DeconverUNet
             assert len(dtcs(network)) == len(kwargs["strides"]) - 1
+            assert {m.receptive_field for m in dtcs(network)} == {1.0}
+            assert max(max(m.kernel_size) for m in network.modules() if isinstance(m, NonnegativeDeconvolution)) == kernel
             assert [m.stride for m in network.decoder.upsamplers] == [
                 tuple(s) for s in reversed(kwargs["strides"][1:])]
 

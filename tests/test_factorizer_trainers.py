@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
-from test_trainers import configuration, python_in_fresh_process
 
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
 from nnunet_deconver.nnunet.presets import load_preset
+from support.plans import configuration_manager as configuration
+from support.processes import python_in_fresh_process
 from nnunet_deconver.nnunet.trainers import (
     nnUNetTrainerDeconver,
     nnUNetTrainerFactorizerGlobal,

@@ -20,38 +20,10 @@ from nnunet_deconver.nnunet.trainers import nnUNetTrainerFactorizerLocal, nnUNet
 from nnunet_deconver.nnunet.lr_schedules import WarmupCosineLRScheduler
 from nnunet_deconver.nnunet.presets import available_presets, load_preset
 from nnunet_deconver.nnunet.trainers import nnUNetTrainerDeconver, nnUNetTrainerDeconver_k5
-
-PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-
-
-def nnunet_plans() -> dict:
-    """A plans dict of the shape nnUNetv2_plan_and_preprocess writes (2d, 3d_fullres, an inheriting cascade)."""
-    def configuration(dims: int, stages: int, patch: list[int], kernels: list, strides: list) -> dict:
-        return {
-            "data_identifier": f"nnUNetPlans_{dims}d", "patch_size": patch, "batch_size": 2,
-            "architecture": {
-                "network_class_name": PLAIN_UNET,
-                "arch_kwargs": {
-                    "n_stages": stages, "features_per_stage": [32, 64, 128, 256, 320][:stages],
-                    "conv_op": f"torch.nn.modules.conv.Conv{dims}d", "kernel_sizes": kernels, "strides": strides,
-                    "n_conv_per_stage": [2] * stages, "n_conv_per_stage_decoder": [2] * (stages - 1),
-                    "conv_bias": True, "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
-                    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-                    "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-                },
-                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-            },
-        }
-    return {
-        "dataset_name": "Dataset999_Toy", "plans_name": "nnUNetPlans",
-        "configurations": {
-            "2d": configuration(2, 5, [64, 64], [[3, 3]] * 5, [[1, 1]] + [[2, 2]] * 4),
-            "3d_fullres": configuration(3, 4, [16, 32, 32], [[1, 3, 3]] + [[3, 3, 3]] * 3,
-                                        [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]),
-            "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"},
-        },
-    }
-
+from support.plans import DECONVER_UNET as DECONVER
+from support.plans import DTC_PLAIN_UNET as DTC_UNET
+from support.plans import FACTORIZER_UNET as FACTORIZER
+from support.plans import PLAIN_UNET, nnunet_plans
 
 def test_every_shipped_preset_loads() -> None:
     names = set(available_presets())
@@ -69,7 +41,7 @@ def test_factorizer_presets_carry_the_planned_patch_size_for_the_positional_embe
     derived = derive_plans(nnunet_plans(), [load_preset("factorizer-swin-2d"), load_preset("factorizer-local-3d")],
                            "P", "nnUNetPlans")
     two_d, three_d = (derived["configurations"][c]["architecture"]["arch_kwargs"] for c in ("2d", "3d_fullres"))
-    assert two_d["patch_size"] == [64, 64] and two_d["matricize"] == "swin"
+    assert two_d["patch_size"] == [64, 64] and "matricize" not in two_d  # swin: FactorizerUNet's default
     assert three_d["patch_size"] == [16, 32, 32] and three_d["matricize"] == "local"
     assert "patch_size" not in derive_plans(nnunet_plans(), [load_preset("deconver-2d-k5")], "P", "nnUNetPlans")[
         "configurations"]["2d"]["architecture"]["arch_kwargs"]
@@ -128,11 +100,6 @@ def write_source_plans(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (folder / "nnUNetPlans.json").write_text(json.dumps(nnunet_plans()))
     monkeypatch.setattr("nnunet_deconver.nnunet.derived_plans.nnUNet_preprocessed", str(root))
     return folder
-
-
-DECONVER = "nnunet_deconver.architectures.deconver_unet.DeconverUNet"
-FACTORIZER = "nnunet_deconver.architectures.factorizer_unet.FactorizerUNet"
-DTC_UNET = "nnunet_deconver.architectures.dtc_upsampling.DTCPlainConvUNet"
 
 
 @pytest.mark.parametrize(

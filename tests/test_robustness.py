@@ -31,6 +31,7 @@ from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
 from nnunet_deconver.layers import NonnegativeDeconvolution
 from nnunet_deconver.layers.nmf import NMF
+from support.plans import plans_configuration, predictor_plans
 
 ANISO_KERNELS_3D = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
 ANISO_STRIDES_3D = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]
@@ -389,61 +390,7 @@ PATCH_3D = [8, 16, 16]
 
 def _plans() -> dict:
     """A plans.json as nnU-Net 2.8 writes it: one anisotropic 3d_fullres configuration."""
-    resampling_kwargs = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
-    return {
-        "dataset_name": "Dataset999_Robustness",
-        "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [3.0, 1.0, 1.0],
-        "original_median_shape_after_transp": PATCH_3D,
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {
-            "3d_fullres": {
-                "data_identifier": "nnUNetPlans_3d_fullres",
-                "preprocessor_name": "DefaultPreprocessor",
-                "batch_size": 2,
-                "patch_size": PATCH_3D,
-                "median_image_size_in_voxels": PATCH_3D,
-                "spacing": [3.0, 1.0, 1.0],
-                "normalization_schemes": ["ZScoreNormalization"],
-                "use_mask_for_norm": [False],
-                "resampling_fn_data": "resample_data_or_seg_to_shape",
-                "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                "resampling_fn_data_kwargs": resampling_kwargs,
-                "resampling_fn_seg_kwargs": {**resampling_kwargs, "is_seg": True, "order": 1},
-                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                "resampling_fn_probabilities_kwargs": {**resampling_kwargs, "order": 1},
-                "architecture": {
-                    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                    "arch_kwargs": {
-                        "n_stages": 3,
-                        "features_per_stage": [8, 16, 32],
-                        "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
-                        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
-                        "n_conv_per_stage": [2, 2, 2],
-                        "n_conv_per_stage_decoder": [2, 2],
-                        "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                        "dropout_op": None,
-                        "dropout_op_kwargs": None,
-                        "nonlin": "torch.nn.LeakyReLU",
-                        "nonlin_kwargs": {"inplace": True},
-                    },
-                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-                },
-                "batch_dice": False,
-            }
-        },
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {
-            "0": {"max": 4.0, "mean": 0.0, "median": 0.0, "min": -4.0, "percentile_00_5": -2.5,
-                  "percentile_99_5": 2.5, "std": 1.0}
-        },
-    }
+    return predictor_plans(plans_configuration(3, patch=PATCH_3D), dataset_name="Dataset999_Robustness")
 
 
 DATASET_JSON = {

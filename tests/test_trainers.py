@@ -11,6 +11,8 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_deconver.shipped_folders import shipped_folder
+from support.plans import configuration_manager as configuration
+from support.processes import python_in_fresh_process
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.layers import NonnegativeDeconvolution
 from nnunet_deconver.nnunet.trainers import (
@@ -20,15 +22,6 @@ from nnunet_deconver.nnunet.trainers import (
 )
 
 EXT_FOLDER = shipped_folder("trainers")
-
-
-def python_in_fresh_process(code: str, **env_overrides: str | None) -> str:
-    """Run ``code`` in a new interpreter of this environment, as a user's shell would start it."""
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
-    env.update({k: v for k, v in env_overrides.items() if v is not None})
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def test_install_registers_the_external_trainer_folder() -> None:
@@ -52,25 +45,6 @@ def test_nnunet_finds_the_trainers_by_name(name: str) -> None:
         f"cls = find('{name}')\nprint(cls.__module__ + '.' + cls.__qualname__)"
     )
     assert python_in_fresh_process(code).splitlines()[-1] == f"nnunet_deconver.nnunet.trainers.deconver.{name}"
-
-
-def configuration(spatial_dims: int) -> ConfigurationManager:
-    """A plans configuration as nnU-Net writes it (anisotropic in 3-D)."""
-    if spatial_dims == 3:
-        arch = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
-                "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]]}
-        patch = [8, 16, 16]
-    else:
-        arch = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv2d",
-                "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]]}
-        patch = [16, 24]
-    arch.update(n_conv_per_stage=[2, 2, 2], n_conv_per_stage_decoder=[2, 2], conv_bias=True,
-                norm_op="torch.nn.modules.instancenorm.InstanceNorm3d", norm_op_kwargs={"eps": 1e-5, "affine": True})
-    return ConfigurationManager({
-        "patch_size": patch,
-        "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                         "arch_kwargs": arch, "_kw_requires_import": ["conv_op", "norm_op"]},
-    })
 
 
 def ndc_kernels(network: torch.nn.Module) -> list[tuple[int, ...]]:

@@ -2,7 +2,7 @@
 
 ``nnUNetv2_train -tr nnUNetTrainerDTC_smoke`` (2d and 3d_fullres) on nnU-Net's own plans,
 ``nnUNetv2_predict`` with it, and ``nnunet-deconver dtc-offsets`` on the trained 2d model folder.
-Helpers (and the dataset size) are shared with test_nnunet_commands.py; nothing here sets
+Helpers (and the dataset size) come from tests/support/integration.py; nothing here sets
 ``nnUNet_extTrainer``.
 """
 
@@ -14,10 +14,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_nnunet_commands import CONFIGURATIONS, DATASET_ID, model_folder, run
 
 from nnunet_deconver.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
 from nnunet_deconver.demo.nnunet_commands import NnUNetFolders
+from support.integration import CONFIGURATIONS, DATASET_ID, model_folder, run
 
 pytestmark = pytest.mark.slow
 

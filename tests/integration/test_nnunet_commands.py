@@ -18,23 +18,11 @@ import torch
 
 from nnunet_deconver.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
 from nnunet_deconver.demo.nnunet_commands import NnUNetFolders
+from support.integration import CONFIGURATIONS, DATASET_ID, TRAINER, model_folder, run
 
 pytestmark = pytest.mark.slow
 
-DATASET_ID = 991
-TRAINER = "nnUNetTrainerDeconver_smoke"
 FACTORIZER_TRAINER = "nnUNetTrainerFactorizerSwin_smoke"
-CONFIGURATIONS = ("2d", "3d_fullres")
-
-
-def run(command: list[str], folders: NnUNetFolders) -> str:
-    """Run an nnU-Net console script of this environment; fail the test with its output on error."""
-    env = folders.environment()
-    env.pop("nnUNet_extTrainer", None)  # only the installed discovery hook may provide it
-    executable = str(Path(sys.executable).parent / command[0])
-    result = subprocess.run([executable, *command[1:]], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +36,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[NnUNetFolders, MN
         run(["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", TRAINER, "-device", "cpu", "--npz"],
             folders)
     return folders, dataset
-
-
-def model_folder(folders: NnUNetFolders, configuration: str, trainer: str = TRAINER) -> Path:
-    (dataset_folder,) = folders.results.glob(f"Dataset{DATASET_ID}_*")
-    return dataset_folder / f"{trainer}__nnUNetPlans__{configuration}"
 
 
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
