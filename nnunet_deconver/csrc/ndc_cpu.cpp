@@ -14,7 +14,8 @@
 //     dV[c, r, o] = sum_p (gN[cR+r, p] X[c, p-o] + gD[cR+r, p] Y[c, p-o] + S[cR+r, p] W[c, p-o]).
 //
 // The pointwise products are ordered as in ndc_lean.py, so that no intermediate overflows where
-// the result does not: S1 = max(S, N) * (min(S, N) / D), gN = g * (S / D), gD = -(gN / D) * N.
+// the result does not: S1 = max(S, N) * (min(S, N) / D), gN = g * (S / D), gD = -(gN / D) * N, and
+// the backward's g * N / D, gN and gD saturate at +-(float max) (the reasons are in ndc_lean.py).
 //
 // Layout. The spatial axes are (depth, height, width), depth = 1 for 2-D; a "row" is one (batch,
 // depth, height) line of `width` positions. Internally channels come in blocks of one vector (L
@@ -40,6 +41,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -91,6 +93,14 @@ inline V minimum(V a, V b) {
 template <typename V>
 inline V maximum(V a, V b) {
   return a < b ? b : a;
+}
+
+// v clamped to +-(float max), NaN kept: a value beyond the range times 0 stays 0 instead of NaN
+// (see ndc_lean.py).
+template <typename T>
+inline Vec<T> saturate(Vec<T> v) {
+  const Vec<T> limit = broadcast(std::numeric_limits<T>::max());
+  return v > limit ? limit : (v < -limit ? -limit : v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -566,10 +576,10 @@ void backward_pointwise_pass(Kernel<T>& k, const T* grad, const T* source, const
     stage_row(g, source + n * g.torch_e_row(), s.source);
     for_numerator_denominator(k, s, count, y, [&](int64_t i, Vec<T> numerator, Vec<T> denominator) {
       const Vec<T> gv = load(s.grad + i), inv_den = broadcast(T(1)) / denominator;
-      const Vec<T> grad_num = gv * (load(s.source + i) * inv_den);
-      store(s.out + i, gv * (numerator * inv_den));
+      const Vec<T> grad_num = saturate<T>(gv * (load(s.source + i) * inv_den));
+      store(s.out + i, saturate<T>(gv * (numerator * inv_den)));
       store(s.grad_numerator + i, grad_num);
-      store(s.grad_denominator + i, -(grad_num * inv_den) * numerator);
+      store(s.grad_denominator + i, -saturate<T>((grad_num * inv_den) * numerator));
     });
     unstage_row(g, s.out, grad_source + n * g.torch_e_row(), false);
     if (s.filter_grad != nullptr) {

@@ -18,11 +18,15 @@ terms are therefore evaluated as weight gradients of the adjoint convolution. Wi
 ``iterations`` > 1 the step is applied per iteration in reverse order; N is shared by all
 iterations, so their dL/dX and K(., X) terms add up.
 
-Overflow. The pointwise factors are evaluated as dL/dN = g * (S / D) and -dL/dD = (dL/dN / D) * N.
-S / D <= 1 / sum(V^2) is bounded by the filters (D >= S sum(V^2) + eps, the sum over the taps
-inside the volume), and where S = 0 both factors are exactly 0; N / D alone overflows where S and
-so D are near zero but N is large, and g * S / D * N / D would then give 0 * inf = NaN. N / D
-appears only in the direct term g * N / D, which is the true derivative dS1/dS.
+Overflow. The forward product S * N / D is ordered by ``source_times_ratio``. In backward the
+pointwise factors are evaluated as g * (N / D), dL/dN = g * (S / D) and -dL/dD = (dL/dN / D) * N,
+and saturated at +-(float max) instead of overflowing to +-inf. They exceed the float range only
+where the true derivatives do: g * N / D where S and so D are near zero while N is large, and
+dL/dN, dL/dD ~ g * S / eps for a source whose filters are all zero (then N = D = eps). Those
+values are only multiplied by the zero S of the next (earlier) iteration or by the zero filters,
+which gives 0 (inf * 0 would be NaN and spread to every gradient); the ReLUs of
+S0 = ReLU(PointwiseConv(X)) and V = ReLU(W) discard what is left of them (dL/dS0 where S0 = 0,
+dL/dV of all-zero filters).
 
 Memory. Only X, S0 and V are saved for backward. In NonnegativeDeconvolution S0 is the output
 of a ReLU, which saves that same tensor anyway, so with R = 4 the layer keeps 4U (U = numel(X))
@@ -247,6 +251,12 @@ def _update_step(ops: _Operators, observation: Tensor, source: Tensor) -> Tensor
     return out
 
 
+def _saturate_(tensor: Tensor) -> Tensor:
+    """Clamp ``tensor`` in place to +-(float max), so that a value beyond the range times 0 is 0, not NaN."""
+    limit = torch.finfo(tensor.dtype).max
+    return tensor.clamp_(-limit, limit)
+
+
 def _update_step_backward(
     ops: _Operators, grad: Tensor, observation: Tensor, source: Tensor, grad_observation: Tensor | None
 ) -> Tensor:
@@ -263,12 +273,13 @@ def _update_step_backward(
         numerator = ops.adjoint(observation_halo, add_eps=True)
         denominator = ops.adjoint(forward_halo, add_eps=True)
         grad_slab = _slab(grad, index)
-        torch.div(numerator, denominator, out=_slab(grad_source, index)).mul_(grad_slab)  # direct term g * N / D
-        grad_numerator = torch.div(_slab(source, index), denominator).mul_(grad_slab)  # dL/dN = g * (S / D)
+        _saturate_(torch.div(numerator, denominator, out=_slab(grad_source, index)).mul_(grad_slab))  # g * N / D
+        grad_numerator = _saturate_(torch.div(_slab(source, index), denominator).mul_(grad_slab))  # g * (S / D)
         if grad_observation is not None:
             ops.scatter_forward_model(grad_observation, index, grad_numerator)  # dL/dX = F(dL/dN)
         ops.accumulate_filter_grad(observation_halo, grad_numerator)  # + K(dL/dN, X)
         minus_grad_denominator = torch.div(grad_numerator, denominator, out=denominator).mul_(numerator)
+        _saturate_(minus_grad_denominator)  # (dL/dN / D) * N = -dL/dD
         ops.scatter_forward_model(forward_of_minus_grad_denominator, index, minus_grad_denominator)
         ops.accumulate_filter_grad(forward_halo, minus_grad_denominator, alpha=-1.0)  # + K(dL/dD, Y)
     for index in _slabs(source):
