@@ -3,7 +3,9 @@
 On nnU-Net's plans every trainer builds :class:`FactorizerUNet` on the planned topology with its
 defaults, the paper's BraTS block settings (section 4.2): head dimension E = 8, window P = 8, rank
 R = 1, T = 5 HALS iterations, MLP ratio 2, one block per stage, and the positional embedding sized
-from the plans' patch size. The variants differ in Matricize only.
+from the plans' patch size. The variants differ in Matricize only. Along a patch axis shorter than
+P (thin 3-D patches) the window is that axis, which is what Matricize computes anyway; FactorizerUNet
+refuses windows larger than the patch when they are asked for explicitly.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from nnunet_deconver.layers.matricize import MatricizeKind
 from nnunet_deconver.nnunet.trainers.plugin_network import nnUNetTrainerPluginNetwork
 from nnunet_deconver.nnunet.trainers.schedule import ScheduleOverride
 
-# What FactorizerUNet builds when the plans name no matricize (presets leave defaults out).
-_CONSTRUCTOR_MATRICIZE = inspect.signature(FactorizerUNet).parameters["matricize"].default
+# What FactorizerUNet builds when the plans name no matricize or window (presets leave defaults out).
+_CONSTRUCTOR_DEFAULTS = inspect.signature(FactorizerUNet).parameters
+_CONSTRUCTOR_MATRICIZE: MatricizeKind = _CONSTRUCTOR_DEFAULTS["matricize"].default
+_CONSTRUCTOR_WINDOW: int = _CONSTRUCTOR_DEFAULTS["window"].default
 
 
 class nnUNetTrainerFactorizerSwin(nnUNetTrainerPluginNetwork):
@@ -30,7 +34,11 @@ class nnUNetTrainerFactorizerSwin(nnUNetTrainerPluginNetwork):
 
     @classmethod
     def default_network(cls, topology: dict[str, Any], configuration_manager: ConfigurationManager) -> dict[str, Any]:
-        return {"matricize": cls.matricize}  # the other settings: FactorizerUNet's defaults
+        settings: dict[str, Any] = {"matricize": cls.matricize}  # the others: FactorizerUNet's defaults
+        patch = list(configuration_manager.patch_size)
+        if any(n < _CONSTRUCTOR_WINDOW for n in patch):
+            settings["window"] = [min(_CONSTRUCTOR_WINDOW, n) for n in patch]
+        return settings
 
     @classmethod
     def check_planned_architecture(cls, arch_kwargs: dict[str, Any]) -> None:
