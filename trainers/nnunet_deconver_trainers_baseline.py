@@ -2,4 +2,5 @@
 
 from nnunet_deconver.nnunet.trainers.baseline import (  # noqa: F401  (re-exported for nnU-Net's trainer search)
     nnUNetTrainer_demo,
+    nnUNetTrainer_smoke,
 )
