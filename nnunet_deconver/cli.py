@@ -84,24 +84,10 @@ def _add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_profile(args: argparse.Namespace) -> None:
-    from nnunet_deconver.analysis.complexity import measure_complexity
-    from nnunet_deconver.analysis.report import complexity_table
-    from nnunet_deconver.nnunet.presets import load_preset
-    from nnunet_deconver.nnunet.profiling import model_folder_networks, preset_networks
+    from nnunet_deconver.analysis.report import profile_report
 
-    if args.preset:
-        if not args.patch_size:
-            raise ValueError("--preset needs --patch-size, e.g. --patch-size 64 64 64")
-        preset = load_preset(args.preset)
-        ours, baseline = preset_networks(preset, tuple(args.patch_size), args.input_channels, args.num_classes)
-        shape = (args.batch_size, args.input_channels, *args.patch_size)
-        name = preset.name
-    else:
-        ours, baseline, shape = model_folder_networks(args.model_folder)
-        name = args.model_folder.name
-    rows = {name: measure_complexity(ours, shape), "nnU-Net PlainConvUNet, same topology": measure_complexity(baseline, shape)}
-    print(f"input (batch, channels, *patch) = {shape}")
-    print(complexity_table(rows, shape[0]))
+    print(profile_report(preset=args.preset, model_folder=args.model_folder, patch_size=tuple(args.patch_size or ()),
+                         input_channels=args.input_channels, num_classes=args.num_classes, batch_size=args.batch_size))
 
 
 PREDICT_DESCRIPTION = (
@@ -125,32 +111,14 @@ def _predict_parser() -> argparse.ArgumentParser:
 
 
 def _run_predict(argv: Sequence[str]) -> int:
-    import sys
-
-    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
-
-    from nnunet_deconver.nnunet.inference_knobs import (
-        NMFInferenceSettings,
-        check_output_folder,
-        parse_skip_layers,
-        settings_applied_on_initialization,
-    )
+    from nnunet_deconver.nnunet.inference_knobs import NMFInferenceSettings, parse_skip_layers, predict_with_settings
 
     parser = _predict_parser()
     args, nnunet_args = parser.parse_known_args(argv)
-    passthrough = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    passthrough.add_argument("-o")
-    passthrough.add_argument("--continue_prediction", action="store_true")
-    output, _ = passthrough.parse_known_args(nnunet_args)
     try:
         settings = NMFInferenceSettings(args.nmf_iters, args.nmf_rank, args.nmf_solver,
                                         parse_skip_layers(args.skip_nmf_layers))
-        output_folder = None if output.o is None else Path(output.o)
-        if output_folder is not None:
-            check_output_folder(output_folder, output.continue_prediction, settings)
-        sys.argv = ["nnUNetv2_predict", *nnunet_args]
-        with settings_applied_on_initialization(settings, output_folder):
-            predict_entry_point()
+        predict_with_settings(settings, nnunet_args)
     except (ValueError, FileExistsError) as error:
         parser.exit(2, f"nnunet-deconver predict: error: {error}\n")
     return 0
@@ -194,54 +162,24 @@ def _add_offsets_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_model_image_arguments(parser)
 
 
-def _model_and_input(args: argparse.Namespace, targets: list[Path]):
-    """Load the model folder's fold, preprocess the image and cut the network input; refuse existing targets."""
-    from nnunet_deconver.nnunet.trained_model import load_trained_model, network_input, preprocess_image
+def _figure_request(args: argparse.Namespace):
+    from nnunet_deconver.analysis.model_figures import FigureRequest
 
-    existing = [str(path) for path in targets if path.exists()]
-    if existing:
-        raise FileExistsError(f"{', '.join(existing)} exist already; choose another -o.")
-    fold = args.fold if args.fold == "all" else int(args.fold)
-    model = load_trained_model(args.model_folder, fold, args.checkpoint, args.device)
-    x, position = network_input(preprocess_image(model, args.image), model.configuration_manager.patch_size, args.slice)
-    args.output.mkdir(parents=True, exist_ok=True)
-    return model, x, position
+    return FigureRequest(args.model_folder, args.image, args.output, fold=args.fold, checkpoint=args.checkpoint,
+                         device=args.device, slice_index=args.slice)
 
 
 def _run_components(args: argparse.Namespace) -> None:
-    from nnunet_deconver.analysis.nmf_components import default_layers, nmf_components, save_components_figure
-    from nnunet_deconver.nnunet.inference_knobs import factorizer_in
+    from nnunet_deconver.analysis.model_figures import write_nmf_component_figures
 
-    targets = {n: args.output / f"nmf_layer{n:02d}_components.png" for n in args.layers or ()}
-    model, x, position = _model_and_input(args, list(targets.values()))
-    network = factorizer_in(model.network)
-    if network is None:
-        raise ValueError(f"{args.model_folder} holds a {type(model.network).__name__}, not a Factorizer; NMF "
-                         f"components exist only in Factorizer models.")
-    if not targets:
-        targets = {n: args.output / f"nmf_layer{n:02d}_components.png" for n in default_layers(network)}
-    patch_size = model.configuration_manager.patch_size
-    fraction = (position + 0.5) / patch_size[0] if len(patch_size) == 3 else 0.5
-    for layer in nmf_components(network, x.to(model.device), list(targets)):
-        save_components_figure(x[0, 0].numpy(), layer, targets[layer.number], fraction)
-        print(f"wrote {targets[layer.number]}  (layer {layer.number}, {layer.label}, "
-              f"{layer.components.shape[0]} components of size {layer.components.shape[1:]})")
+    for line in write_nmf_component_figures(_figure_request(args), layers=args.layers or ()):
+        print(line)
 
 
 def _run_offsets(args: argparse.Namespace) -> None:
-    from nnunet_deconver.analysis.dtc_offsets import last_dtc, sampling_field, save_sampling_figure
+    from nnunet_deconver.analysis.model_figures import write_dtc_offsets_figure
 
-    target = args.output / "dtc_sampling_offsets.png"
-    model, x, position = _model_and_input(args, [target])
-    dtc = last_dtc(model.network)
-    if dtc is None:
-        raise ValueError(f"{args.model_folder} holds a {type(model.network).__name__} without DTC upsampling; train "
-                         f"with a DTC trainer (e.g. -tr nnUNetTrainerDTC) or a DTC preset.")
-    field = sampling_field(model.network, dtc, x.to(model.device))
-    three_d = len(model.configuration_manager.patch_size) == 3
-    save_sampling_figure(x[0, 0].numpy(), field, target, position if three_d else None)
-    length = abs(field.displacement).max()
-    print(f"wrote {target}  (stride {field.stride}, largest displacement {length:.2f} input voxels of that level)")
+    print(write_dtc_offsets_figure(_figure_request(args)))
 
 
 def _run_presets() -> None:

@@ -137,3 +137,33 @@ def parse_skip_layers(values: Sequence[str]) -> tuple[int, ...]:
             except ValueError as error:
                 raise ValueError(f"--skip-nmf-layers takes layer numbers like 6 7 or 6,7 or 6-9, got {value!r}.") from error
     return tuple(sorted(layers))
+
+
+def predict_with_settings(settings: NMFInferenceSettings, nnunet_arguments: Sequence[str]) -> None:
+    """Run nnUNetv2_predict's own entry point on ``nnunet_arguments`` with ``settings`` applied to every model.
+
+    The output folder (``-o``) is checked first: predictions there are never overwritten.
+
+    Raises:
+        FileExistsError: the output folder holds files and ``--continue_prediction`` was not given, or
+            they were made with other settings.
+    """
+    import argparse
+    import sys
+
+    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
+
+    passthrough = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    passthrough.add_argument("-o")
+    passthrough.add_argument("--continue_prediction", action="store_true")
+    output, _ = passthrough.parse_known_args(nnunet_arguments)
+    output_folder = None if output.o is None else Path(output.o)
+    if output_folder is not None:
+        check_output_folder(output_folder, output.continue_prediction, settings)
+    saved_argv = sys.argv
+    sys.argv = ["nnUNetv2_predict", *nnunet_arguments]
+    try:
+        with settings_applied_on_initialization(settings, output_folder):
+            predict_entry_point()
+    finally:
+        sys.argv = saved_argv
