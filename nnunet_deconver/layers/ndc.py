@@ -39,7 +39,11 @@ class NonnegativeDeconvolution(nn.Module):
     Kaiming-uniform initialised and shared by V and its adjoint V^-, and the output is the updated
     source S^(iterations) with R*C channels. Everything runs in float32 (float64 for a float64
     module), also inside autocast or for half-precision parameters, because the division of eq. (7)
-    is not representable in half precision (eps = 1e-8 underflows).
+    is not representable in half precision (eps = 1e-8 underflows). The products are ordered so that
+    none overflows before the result does
+    (:func:`~nnunet_deconver.layers.ndc_operators.source_times_ratio`): in float32 the output is
+    finite for inputs from 0 to about 1e36 (beyond, X * V^- and S * V themselves overflow), and with
+    ``lean`` the gradients are finite for inputs up to about 1e30.
 
     Args:
         channels: input channels C.

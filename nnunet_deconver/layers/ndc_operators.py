@@ -67,12 +67,13 @@ def ndc_adjoint(observation: Tensor, filters: Tensor, groups: int) -> Tensor:
 def source_times_ratio(source: Tensor, numerator: Tensor, denominator: Tensor, out: Tensor | None = None) -> Tensor:
     """S * N / D of eq. (7), evaluated as max(S, N) * (min(S, N) / D) so that no intermediate overflows.
 
-    For S >= 0, N >= 0 and D >= eps > 0: min(S, N) / D can only overflow if min(S, N) > eps * (float
-    max) >= 1 (for eps >= 1 / float max), and then the result exceeds min(S, N) / D itself. So the
-    result is finite whenever S * N / D is representable, while S * N (which overflows float32 from
-    about 1e19 each) or N / D (which overflows where S and so D are near zero but N is large, making
-    0 * inf = NaN) are not safe. The product of max and min is S * N, so the value and the gradient
-    equal those of S * N / D up to round-off.
+    For S >= 0, N >= 0 and D >= eps > 0, min(S, N) / D overflows only if min(S, N) > eps * (float
+    max), which is >= 1 for eps >= 1 / (float max); the exact S * N / D >= min(S, N) * min(S, N) / D
+    then exceeds the float max as well. So the result is finite wherever S * N / D is representable,
+    whereas S * N overflows float32 from about 1e19 each, and N / D where S and so D are near zero
+    while N is large (then 0 * inf = NaN). It is exact to round-off wherever min(S, N) / D is a
+    normal float (below, it loses precision towards 0). As max * min = S * N, the value and the
+    gradient equal those of S * N / D up to round-off.
 
     Args:
         source: S.
