@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnunet_deconver.architectures.dtc_upsampling import check_dtc_settings, dtc_upsampler_factory
+from nnunet_deconver.architectures.dtc_settings import check_dtc_settings, dtc_upsampler_factory
 from nnunet_deconver.layers.dtc import CoordinateBranch, DeformableTransposedConv, base_grid
 
 SATURATED = 30.0  # tanh(30) == 1.0 and sigmoid(30) == 1.0 exactly in float64 (1 - 1e-26 rounds to 1)

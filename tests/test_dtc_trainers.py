@@ -10,7 +10,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_deconver.architectures import DeconverUNet
-from nnunet_deconver.architectures.dtc_upsampling import DTCPlainConvUNet, DTCResidualEncoderUNet, check_dtc_settings
+from nnunet_deconver.architectures.dtc_settings import check_dtc_settings
+from nnunet_deconver.architectures.dtc_upsampling import DTCPlainConvUNet, DTCResidualEncoderUNet
 from nnunet_deconver.layers.dtc import DeformableTransposedConv
 from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
 from nnunet_deconver.nnunet.derived_plans import derive_plans

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_deconver.architectures.dtc_upsampling import dtc_upsampler_factory
 from nnunet_deconver.architectures.hyperparameter_checks import (
     check_divides_every_stage,
     check_flag,
@@ -50,15 +49,13 @@ class DeconverUNet(UNetScaffold):
         groups: NDC groups G; ``None`` means G = channels of each stage.
         iterations: NDC multiplicative updates (eq. 3; the paper uses 1).
         mlp_ratio: MLP expansion alpha (eq. 5).
-        blocks_per_stage, blocks_per_decoder_stage: Deconver blocks per encoder / decoder stage.
         use_mixer, use_mlp: block ablations (Table VIII).
         norm_affine: affine instance norms (the paper has none).
         mixer_input_bias: bias of each Deconv Mixer's input projection (eq. 6).
-        stem_bias, downsampling_bias, fusion_bias: biases of the stem, the strided convolutions and
-            the decoder's skip fusion (see :class:`UNetScaffold`). The authors' code has no bias in
-            the mixer's input projection, the stem or the fusion; the paper presets turn them off.
-        dtc: DTC settings to upsample with deformable transposed convolutions (papers/dtc.md);
-            ``None`` keeps plain transposed convolutions.
+        **scaffold_options: :class:`UNetScaffold`'s options: deep_supervision, blocks_per_stage,
+            blocks_per_decoder_stage (Deconver blocks per stage), dtc (DTC upsampling, papers/dtc.md),
+            stem_bias, downsampling_bias, fusion_bias. The authors' code has no bias in the mixer's
+            input projection, the stem or the fusion; the paper presets turn them off.
     """
 
     def __init__(
@@ -71,22 +68,16 @@ class DeconverUNet(UNetScaffold):
         strides: int | Sequence,
         num_classes: int,
         *,
-        deep_supervision: bool = False,
         ndc_kernel_size: int | Sequence[int] = 3,
         ratio: int = 4,
         groups: int | None = None,
         iterations: int = 1,
         mlp_ratio: int = 4,
-        blocks_per_stage: int | Sequence[int] = 1,
-        blocks_per_decoder_stage: int | Sequence[int] = 1,
         use_mixer: bool = True,
         use_mlp: bool = True,
         norm_affine: bool = False,
         mixer_input_bias: bool = True,
-        stem_bias: bool = True,
-        downsampling_bias: bool = True,
-        fusion_bias: bool = True,
-        dtc: Mapping[str, Any] | None = None,
+        **scaffold_options: Any,
     ) -> None:
         features = stage_features(features_per_stage, n_stages)
         spatial_dims = convert_conv_op_to_dim(conv_op)
@@ -121,13 +112,6 @@ class DeconverUNet(UNetScaffold):
 
         super().__init__(
             input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, num_classes,
-            deep_supervision=deep_supervision,
-            block_factory=block_factory,
-            blocks_per_stage=blocks_per_stage,
-            blocks_per_decoder_stage=blocks_per_decoder_stage,
-            upsampler_factory=None if dtc is None else dtc_upsampler_factory(dtc),
-            stem_bias=stem_bias,
-            downsampling_bias=downsampling_bias,
-            fusion_bias=fusion_bias,
+            block_factory=block_factory, **scaffold_options,
         )
 

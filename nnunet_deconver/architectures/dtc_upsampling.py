@@ -1,45 +1,21 @@
-"""DTC in every decoder: the scaffold's upsampler factory and nnU-Net's own U-Nets (papers/dtc.md).
+"""DTC for nnU-Net's own U-Nets (papers/dtc.md): registered wrappers of PlainConvUNet and ResidualEncoderUNet.
 
-A network takes DTC as one JSON-friendly mapping of :class:`DeformableTransposedConv` settings, e.g.
-``{"receptive_field": 2, "base_upsampling": "linear"}`` (``{}`` = the defaults). nnU-Net's
-PlainConvUNet and ResidualEncoderUNet get every decoder transposed convolution wrapped: it stays,
-with its weights and nnU-Net's initialisation, as DTC's path (a), and the deformable path is added.
+They take every argument of the network they wrap plus ``dtc`` (see :mod:`dtc_settings`); every
+decoder transposed convolution is wrapped: it stays, with its weights and nnU-Net's initialisation,
+as DTC's path (a), and the deformable path is added. The scaffold's networks take the same ``dtc``.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
+from nnunet_deconver.architectures.dtc_settings import check_dtc_settings
 from nnunet_deconver.architectures.registry import register_architecture
-from nnunet_deconver.architectures.unet_scaffold import UpsamplerFactory
 from nnunet_deconver.layers.dtc import DeformableTransposedConv
-
-DTC_SETTINGS: frozenset[str] = frozenset(inspect.signature(DeformableTransposedConv.__init__).parameters) - {
-    "self", "in_channels", "out_channels", "stride", "upsampling"
-}
-
-
-def check_dtc_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` as a dict, after refusing names DTC does not know (one-line ValueError)."""
-    unknown = sorted(set(settings) - DTC_SETTINGS)
-    if unknown:
-        raise ValueError(f"Unknown DTC setting(s) {unknown} in 'dtc'; valid ones are {sorted(DTC_SETTINGS)}, e.g. {{\"receptive_field\": 2.0}}.")
-    return dict(settings)
-
-
-def dtc_upsampler_factory(settings: Mapping[str, Any]) -> UpsamplerFactory:
-    """Upsampler factory for :class:`UNetScaffold` that builds DTC modules with ``settings``."""
-    checked = check_dtc_settings(settings)
-
-    def factory(in_channels: int, out_channels: int, stride: tuple[int, ...]) -> nn.Module:
-        return DeformableTransposedConv(in_channels, out_channels, stride, **checked)
-
-    return factory
 
 
 def equip_decoder_with_dtc(decoder: nn.Module, settings: Mapping[str, Any]) -> None:

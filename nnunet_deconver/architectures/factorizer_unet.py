@@ -9,14 +9,13 @@ at the start of the bridge, sized from the plans' patch size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_deconver.architectures.dtc_upsampling import dtc_upsampler_factory
 from nnunet_deconver.architectures.hyperparameter_checks import (
     check_choice,
     check_divides_every_stage,
@@ -53,11 +52,10 @@ class FactorizerUNet(UNetScaffold):
         patch_size: the training patch size; with ``positional_embedding`` it sizes the bridge's
             embedding (patch size / product of the strides). ``None`` builds no embedding.
         positional_embedding: add the learnable embedding in the bridge (Table 4).
-        stem_bias, downsampling_bias, fusion_bias: biases of the stem, the strided convolutions and
-            the decoder's skip fusion (see :class:`UNetScaffold`); the authors' code has none, and
-            the paper presets turn them off.
-        dtc: DTC settings to upsample with deformable transposed convolutions (papers/dtc.md);
-            ``None`` keeps plain transposed convolutions.
+        **scaffold_options: :class:`UNetScaffold`'s options: deep_supervision, blocks_per_stage,
+            blocks_per_decoder_stage, dtc (DTC upsampling, papers/dtc.md), stem_bias,
+            downsampling_bias, fusion_bias; the authors' code has none of these biases, and the
+            paper presets turn them off.
     """
 
     def __init__(
@@ -70,7 +68,6 @@ class FactorizerUNet(UNetScaffold):
         strides: int | Sequence,
         num_classes: int,
         *,
-        deep_supervision: bool = False,
         matricize: MatricizeKind = "swin",
         head_dim: int = 8,
         window: int | Sequence[int] = 8,
@@ -78,16 +75,11 @@ class FactorizerUNet(UNetScaffold):
         nmf_iterations: int = 5,
         nmf_solver: Solver = "hals",
         mlp_ratio: int = 2,
-        blocks_per_stage: int | Sequence[int] = 1,
-        blocks_per_decoder_stage: int | Sequence[int] = 1,
         use_nmf: bool = True,
         use_mlp: bool = True,
         patch_size: Sequence[int] | None = None,
         positional_embedding: bool = True,
-        stem_bias: bool = True,
-        downsampling_bias: bool = True,
-        fusion_bias: bool = True,
-        dtc: Mapping[str, Any] | None = None,
+        **scaffold_options: Any,
     ) -> None:
         spatial_dims = convert_conv_op_to_dim(conv_op)
         check_choice("matricize", matricize, MATRICIZE_KINDS, "swin")
@@ -127,14 +119,7 @@ class FactorizerUNet(UNetScaffold):
 
         super().__init__(
             input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, num_classes,
-            deep_supervision=deep_supervision,
-            block_factory=block_factory,
-            blocks_per_stage=blocks_per_stage,
-            blocks_per_decoder_stage=blocks_per_decoder_stage,
-            upsampler_factory=None if dtc is None else dtc_upsampler_factory(dtc),
-            stem_bias=stem_bias,
-            downsampling_bias=downsampling_bias,
-            fusion_bias=fusion_bias,
+            block_factory=block_factory, **scaffold_options,
         )
 
     def nmf_layers(self) -> list[WrappedNMF]:

@@ -48,11 +48,18 @@ class ArchitectureEntry:
         return class_path(self.cls)
 
     def accepted_arguments(self) -> frozenset[str]:
-        """Hyper-parameters a plans file may give (a wrapper: the wrapped network's too)."""
-        own = set(inspect.signature(self.cls.__init__).parameters) - {"self", "args", "kwargs"}
-        if self.wraps is not None:
-            own |= set(inspect.signature(self.wraps.__init__).parameters) - {"self", "args", "kwargs"}
-        return frozenset(own - BUILD_TIME_ARGUMENTS)
+        """Hyper-parameters a plans file may give: the constructor's, and where it passes ``**kwargs`` on, those
+        of the next constructor up the class hierarchy (the scaffold's options, a wrapped network's arguments)."""
+        accepted: set[str] = set()
+        for cls in self.cls.__mro__:
+            if "__init__" not in vars(cls):
+                continue
+            parameters = inspect.signature(cls.__init__).parameters
+            accepted |= {name for name, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+            if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+                break
+        internal = getattr(self.cls, "internal_arguments", frozenset())
+        return frozenset(accepted - {"self"} - BUILD_TIME_ARGUMENTS - internal)
 
 
 _REGISTRY: dict[str, ArchitectureEntry] = {}

@@ -15,8 +15,9 @@ The papers' reference code builds the stem (both papers), the downsampling convo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import (
@@ -27,6 +28,7 @@ from dynamic_network_architectures.building_blocks.helper import (
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_deconver.architectures.dtc_settings import UpsamplerFactory, dtc_upsampler_factory
 from nnunet_deconver.architectures.hyperparameter_checks import (
     check_flag,
     check_integer,
@@ -54,7 +56,6 @@ class StageSpec:
 
 
 BlockFactory = Callable[[StageSpec], nn.Module]
-UpsamplerFactory = Callable[[int, int, tuple[int, ...]], nn.Module]
 
 
 def _integers_per_stage(key: str, value: int | Sequence[int], count: int, minimum: int, example: str) -> list[int]:
@@ -173,8 +174,21 @@ class UNetDecoder(nn.Module):
         return logits + 0.0 * sum(p.sum() for p in idle) if idle else logits
 
 
+def _transposed_conv_factory(conv_op: type[_ConvNd]) -> UpsamplerFactory:
+    transposed_op = get_matching_convtransp(conv_op)
+
+    def factory(in_channels: int, out_channels: int, stride: tuple[int, ...]) -> nn.Module:
+        return transposed_op(in_channels, out_channels, kernel_size=stride, stride=stride)
+
+    return factory
+
+
 class UNetScaffold(nn.Module):
     """Generic U-Net built from nnU-Net plans quantities; a family supplies ``block_factory``.
+
+    A family's constructor takes its own hyper-parameters and passes every keyword option below
+    (``deep_supervision`` ... ``fusion_bias``) through ``**scaffold_options``: they are declared
+    here once, and the architecture registry accepts them for every family.
 
     Args:
         input_channels: image channels (modalities).
@@ -188,11 +202,14 @@ class UNetScaffold(nn.Module):
         block_factory: builds one block for a :class:`StageSpec`.
         blocks_per_stage: blocks per encoder level.
         blocks_per_decoder_stage: blocks per decoder level (levels 0 .. n_stages - 2).
-        upsampler_factory: builds the decoder upsampler (in channels, out channels, stride);
-            default: transposed convolution with kernel = stride.
+        dtc: DTC settings (papers/dtc.md, see :mod:`dtc_settings`) to upsample with deformable
+            transposed convolutions; ``None`` keeps transposed convolutions with kernel = stride.
         stem_bias, downsampling_bias, fusion_bias: biases of the stem, of the encoder's strided
             convolutions and of the decoder's skip-fusion pointwise convolutions.
     """
+
+    internal_arguments: ClassVar[frozenset[str]] = frozenset({"block_factory"})
+    """Supplied by the family's constructor, never by a plans file."""
 
     def __init__(
         self,
@@ -204,11 +221,11 @@ class UNetScaffold(nn.Module):
         strides: int | Sequence,
         num_classes: int,
         *,
-        deep_supervision: bool,
         block_factory: BlockFactory,
+        deep_supervision: bool = False,
         blocks_per_stage: int | Sequence[int] = 1,
         blocks_per_decoder_stage: int | Sequence[int] = 1,
-        upsampler_factory: UpsamplerFactory | None = None,
+        dtc: Mapping[str, Any] | None = None,
         stem_bias: bool = True,
         downsampling_bias: bool = True,
         fusion_bias: bool = True,
@@ -225,11 +242,7 @@ class UNetScaffold(nn.Module):
         stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s)) for s in planned_strides]
         encoder_blocks = _integers_per_stage("blocks_per_stage", blocks_per_stage, n_stages, 0, "1")
         decoder_blocks = _integers_per_stage("blocks_per_decoder_stage", blocks_per_decoder_stage, n_stages - 1, 0, "1")
-        if upsampler_factory is None:
-            transposed_op = get_matching_convtransp(conv_op)
-
-            def upsampler_factory(in_channels: int, out_channels: int, stride: tuple[int, ...]) -> nn.Module:
-                return transposed_op(in_channels, out_channels, kernel_size=stride, stride=stride)
+        upsampler_factory = _transposed_conv_factory(conv_op) if dtc is None else dtc_upsampler_factory(dtc)
 
         self.spatial_dims = convert_conv_op_to_dim(conv_op)
         self.size_divisor = tuple(math.prod(axis) for axis in zip(*stride_list))
