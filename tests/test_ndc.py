@@ -270,15 +270,15 @@ def test_layer_gradcheck_input_and_weight(spatial_dims, size, kernel_size) -> No
 
 @pytest.mark.parametrize("spatial_dims,size,kernel_size", GRAD_CASES)
 def test_ndc_update_gradcheck(spatial_dims, size, kernel_size) -> None:
-    """Eq. (7) as implemented by ndc_update: float64 gradcheck w.r.t. X, S0 and V (iterations=2)."""
+    """Eq. (7) as implemented by ndc_update: float64 gradcheck and gradgradcheck (its pointwise
+    derivatives are written with differentiable operations) w.r.t. X, S0 and V (iterations=2)."""
     torch.manual_seed(5)
     kernel = (kernel_size,) * spatial_dims if isinstance(kernel_size, int) else kernel_size
     x = (torch.rand(1, 2, *size, dtype=torch.float64) + 0.1).requires_grad_()
     s0 = (torch.rand(1, 4, *size, dtype=torch.float64) + 0.1).requires_grad_()
     v = (torch.rand(2, 2, *kernel, dtype=torch.float64) + 0.05).requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda a, b, c: ndc_update(a, b, c, 2, 2, 1e-8), (x, s0, v), eps=1e-6, atol=1e-6, rtol=1e-4
-    )
+    for check in (torch.autograd.gradcheck, torch.autograd.gradgradcheck):
+        assert check(lambda a, b, c: ndc_update(a, b, c, 2, 2, 1e-8), (x, s0, v), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------------

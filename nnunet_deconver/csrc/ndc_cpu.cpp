@@ -13,9 +13,9 @@
 //     dS = g * N / D + A(W),   dX = F(gN),
 //     dV[c, r, o] = sum_p (gN[cR+r, p] X[c, p-o] + gD[cR+r, p] Y[c, p-o] + S[cR+r, p] W[c, p-o]).
 //
-// The pointwise products are ordered as in ndc_lean.py, so that no intermediate overflows where
-// the result does not: S1 = max(S, N) * (min(S, N) / D), gN = g * (S / D), gD = -(gN / D) * N, and
-// the backward's g * N / D, gN and gD saturate at +-(float max) (the reasons are in ndc_lean.py).
+// The pointwise products are those of source_times_ratio and source_times_ratio_grads in
+// nnunet_deconver/layers/ndc_operators.py (which give the reasons): S1 = max(S, N) * (min(S, N) / D),
+// and g * N / D, gN = g * (S / D) and gD = -(gN / D) * N saturated at +-(float max).
 //
 // Layout. The spatial axes are (depth, height, width), depth = 1 for 2-D; a "row" is one (batch,
 // depth, height) line of `width` positions. Internally channels come in blocks of one vector (L
@@ -95,8 +95,7 @@ inline V maximum(V a, V b) {
   return a < b ? b : a;
 }
 
-// v clamped to +-(float max), NaN kept: a value beyond the range times 0 stays 0 instead of NaN
-// (see ndc_lean.py).
+// v clamped to +-(float max), NaN kept: a value beyond the range times 0 stays 0 instead of NaN.
 template <typename T>
 inline Vec<T> saturate(Vec<T> v) {
   const Vec<T> limit = broadcast(std::numeric_limits<T>::max());

@@ -18,19 +18,13 @@ terms are therefore evaluated as weight gradients of the adjoint convolution. Wi
 ``iterations`` > 1 the step is applied per iteration in reverse order; N is shared by all
 iterations, so their dL/dX and K(., X) terms add up.
 
-Overflow. The forward product S * N / D is ordered by ``source_times_ratio``. In backward the
-pointwise factors are evaluated as g * (N / D), dL/dN = g * (S / D) and -dL/dD = (dL/dN / D) * N,
-and saturated at +-(float max) instead of overflowing to +-inf. They exceed the float range only
-where the true derivatives do: g * N / D where S and so D are near zero while N is large, and
-dL/dN, dL/dD ~ g * S / eps for a source whose filters are all zero (then N = D = eps). Those
-values are only multiplied by the zero S of the next (earlier) iteration or by the zero filters,
-which gives 0 (inf * 0 would be NaN and spread to every gradient); the ReLUs of
-S0 = ReLU(PointwiseConv(X)) and V = ReLU(W) discard what is left of them (dL/dS0 where S0 = 0,
-dL/dV of all-zero filters).
+Overflow. The pointwise parts are those of the reference, ``source_times_ratio`` for S * N / D
+and ``source_times_ratio_grads`` for g * N / D, dL/dN and dL/dD (ordered and saturated so that
+neither inf nor NaN arises where the gradients are finite; see there).
 
 Memory. Only X, S0 and V are saved for backward. In NonnegativeDeconvolution S0 is the output
 of a ReLU, which saves that same tensor anyway, so with R = 4 the layer keeps 4U (U = numel(X))
-plus the filters beyond its input, instead of about 17U for the plain autograd graph of
+plus the filters beyond its input, instead of about 13U for the autograd graph of
 :func:`ndc_update`. Everything else (N, Y, D, S1) is recomputed in backward; for
 ``iterations`` > 1 the intermediate sources are recomputed too and held, (iterations - 1) * RU,
 only while this layer's backward runs. Double backward is not supported (``once_differentiable``).
@@ -59,7 +53,13 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from nnunet_deconver.layers import ndc_cpu_kernel
 from nnunet_deconver.layers.compute import autocast_disabled, compute_layout, compute_memory_format
-from nnunet_deconver.layers.ndc_operators import CONVOLUTIONS, adjoint_filters, ndc_update, source_times_ratio
+from nnunet_deconver.layers.ndc_operators import (
+    CONVOLUTIONS,
+    adjoint_filters,
+    ndc_update,
+    source_times_ratio,
+    source_times_ratio_grads,
+)
 
 _SLAB_BYTES = 16 * 2**20
 """Target size of one slab of a source-sized tensor (R*C channels). It keeps slab temporaries
@@ -222,8 +222,8 @@ class _Operators:
         offset = start - self.halo
         target[b : b + 1, :, low:high] += out[:, :, low - offset : high - offset]
 
-    def accumulate_filter_grad(self, halo_slab: Tensor, grad: Tensor, alpha: float = 1.0) -> None:
-        """Add alpha * K(grad, halo_slab): the gradient of <grad, A(halo_slab)> w.r.t. the filters."""
+    def accumulate_filter_grad(self, halo_slab: Tensor, grad: Tensor) -> None:
+        """Add K(grad, halo_slab): the gradient of <grad, A(halo_slab)> w.r.t. the filters."""
         if self.adjoint_filter_grad is None:
             return
         dims = grad.dim() - 2
@@ -231,7 +231,7 @@ class _Operators:
             grad, halo_slab, self.adjoint_filters, None, [1] * dims, [0, *self.padding_rest], [1] * dims,
             False, [0] * dims, self.adjoint_groups, [False, True, False],
         )
-        self.adjoint_filter_grad.add_(weight_grad, alpha=alpha)
+        self.adjoint_filter_grad.add_(weight_grad)
 
     def filter_grad(self) -> Tensor:
         """dL/dV from the accumulated gradient w.r.t. the (merged) adjoint filters."""
@@ -251,12 +251,6 @@ def _update_step(ops: _Operators, observation: Tensor, source: Tensor) -> Tensor
     return out
 
 
-def _saturate_(tensor: Tensor) -> Tensor:
-    """Clamp ``tensor`` in place to +-(float max), so that a value beyond the range times 0 is 0, not NaN."""
-    limit = torch.finfo(tensor.dtype).max
-    return tensor.clamp_(-limit, limit)
-
-
 def _update_step_backward(
     ops: _Operators, grad: Tensor, observation: Tensor, source: Tensor, grad_observation: Tensor | None
 ) -> Tensor:
@@ -266,26 +260,26 @@ def _update_step_backward(
     """
     forward = ops.full_forward_model(source)
     grad_source = torch.empty_like(source)
-    forward_of_minus_grad_denominator = torch.zeros_like(forward)  # F(g * S1 / D) = -F(dL/dD)
+    forward_of_grad_denominator = torch.zeros_like(forward)  # F(dL/dD)
     for index in _slabs(source):
         observation_halo = _halo(observation, index, ops.halo)
         forward_halo = _halo(forward, index, ops.halo)
-        numerator = ops.adjoint(observation_halo, add_eps=True)
-        denominator = ops.adjoint(forward_halo, add_eps=True)
-        grad_slab = _slab(grad, index)
-        _saturate_(torch.div(numerator, denominator, out=_slab(grad_source, index)).mul_(grad_slab))  # g * N / D
-        grad_numerator = _saturate_(torch.div(_slab(source, index), denominator).mul_(grad_slab))  # g * (S / D)
+        direct, grad_numerator, grad_denominator = source_times_ratio_grads(
+            _slab(grad, index),
+            _slab(source, index),
+            ops.adjoint(observation_halo, add_eps=True),
+            ops.adjoint(forward_halo, add_eps=True),
+        )
+        _slab(grad_source, index).copy_(direct)  # the direct term g * N / D
         if grad_observation is not None:
             ops.scatter_forward_model(grad_observation, index, grad_numerator)  # dL/dX = F(dL/dN)
         ops.accumulate_filter_grad(observation_halo, grad_numerator)  # + K(dL/dN, X)
-        minus_grad_denominator = torch.div(grad_numerator, denominator, out=denominator).mul_(numerator)
-        _saturate_(minus_grad_denominator)  # (dL/dN / D) * N = -dL/dD
-        ops.scatter_forward_model(forward_of_minus_grad_denominator, index, minus_grad_denominator)
-        ops.accumulate_filter_grad(forward_halo, minus_grad_denominator, alpha=-1.0)  # + K(dL/dD, Y)
+        ops.scatter_forward_model(forward_of_grad_denominator, index, grad_denominator)
+        ops.accumulate_filter_grad(forward_halo, grad_denominator)  # + K(dL/dD, Y)
     for index in _slabs(source):
-        halo_slab = _halo(forward_of_minus_grad_denominator, index, ops.halo)
-        _slab(grad_source, index).sub_(ops.adjoint(halo_slab, add_eps=False))  # + A(F(dL/dD))
-        ops.accumulate_filter_grad(halo_slab, _slab(source, index), alpha=-1.0)  # + K(S, F(dL/dD))
+        halo_slab = _halo(forward_of_grad_denominator, index, ops.halo)
+        _slab(grad_source, index).add_(ops.adjoint(halo_slab, add_eps=False))  # + A(F(dL/dD))
+        ops.accumulate_filter_grad(halo_slab, _slab(source, index))  # + K(S, F(dL/dD))
     return grad_source
 
 

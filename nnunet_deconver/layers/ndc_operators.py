@@ -2,17 +2,20 @@
 
 The observation model is the grouped cross-correlation X ~ S * V of eq. (1) with zero 'same'
 padding; its adjoint X * V^- is the cross-correlation with V transposed per group and spatially
-flipped. :func:`ndc_update` applies the multiplicative update of eq. (7) with plain autograd; the
-memory-lean variant with a hand-written backward is :mod:`nnunet_deconver.layers.ndc_lean`.
+flipped. :func:`ndc_update` applies the multiplicative update of eq. (7) with autograd, its
+pointwise product S * N / D ordered so that no intermediate overflows; the memory-lean variant with
+a hand-written backward is :mod:`nnunet_deconver.layers.ndc_lean`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 CONVOLUTIONS: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 """The cross-correlation of eq. (1) per number of spatial dimensions."""
@@ -72,17 +75,58 @@ def source_times_ratio(source: Tensor, numerator: Tensor, denominator: Tensor, o
     then exceeds the float max as well. So the result is finite wherever S * N / D is representable,
     whereas S * N overflows float32 from about 1e19 each, and N / D where S and so D are near zero
     while N is large (then 0 * inf = NaN). It is exact to round-off wherever min(S, N) / D is a
-    normal float (below, it loses precision towards 0). As max * min = S * N, the value and the
-    gradient equal those of S * N / D up to round-off.
+    normal float (below, it loses precision towards 0).
 
     Args:
         source: S.
         numerator: N = X * V^- + eps.
         denominator: D = (S * V) * V^- + eps.
-        out: optional tensor to write the result into (no autograd).
+        out: optional tensor to write the result into.
     """
     smaller = torch.minimum(source, numerator).div_(denominator)
     return torch.mul(torch.maximum(source, numerator), smaller, out=out)
+
+
+def _saturate(tensor: Tensor) -> Tensor:
+    limit = torch.finfo(tensor.dtype).max
+    return tensor.clamp(-limit, limit)
+
+
+def source_times_ratio_grads(
+    grad: Tensor, source: Tensor, numerator: Tensor, denominator: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dL/dS, dL/dN, dL/dD) of S1 = S * N / D for g = dL/dS1: g * (N / D), g * (S / D), -(dL/dN / D) * N.
+
+    Each is saturated at +-(float max) instead of overflowing to +-inf. They exceed the float range
+    only where the true derivatives do: g * N / D where S and so D are near zero while N is large,
+    and dL/dN, dL/dD ~ g * S / eps for a source whose filters are all zero (then N = D = eps). In
+    eq. (7) those values only meet the zero S of the previous update or the zero filters, which
+    gives 0 (inf * 0 would be NaN and spread to every gradient), and the ReLUs of
+    S0 = ReLU(PointwiseConv(X)) and V = ReLU(W) discard what is left of them (dL/dS0 where S0 = 0,
+    dL/dV of all-zero filters). S / D <= 1 / sum(V^2) is bounded by the filters
+    (D >= S sum(V^2) + eps, summed over the taps inside the volume) and exactly 0 where S = 0, so
+    dL/dN and dL/dD are formed from it and not from N / D. Otherwise the values equal autograd's
+    up to round-off.
+    """
+    grad_numerator = _saturate(grad * (source / denominator))
+    return (
+        _saturate(grad * (numerator / denominator)),
+        grad_numerator,
+        -_saturate(grad_numerator / denominator * numerator),
+    )
+
+
+class _SourceTimesRatio(torch.autograd.Function):
+    """:func:`source_times_ratio` with the backward of :func:`source_times_ratio_grads` (saves S, N, D)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, source: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
+        ctx.save_for_backward(source, numerator, denominator)
+        return source_times_ratio(source, numerator, denominator)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return source_times_ratio_grads(grad, *ctx.saved_tensors)
 
 
 def ndc_update(
@@ -90,12 +134,13 @@ def ndc_update(
 ) -> Tensor:
     """Apply ``iterations`` multiplicative updates of eq. (7) (eq. 3 when ``eps`` is 0).
 
-    S <- S * (X * V^- + eps) / ((S * V) * V^- + eps), with the product ordered by
-    :func:`source_times_ratio`. For nonnegative X, S and V and eps = 0 the reconstruction error
-    ||X - S * V||^2 never increases (Theorem 1).
+    S <- S * (X * V^- + eps) / ((S * V) * V^- + eps). Autograd differentiates the convolutions; the
+    product is :func:`source_times_ratio` with the derivatives of :func:`source_times_ratio_grads`
+    (written with differentiable operations, so double backward works). For nonnegative X, S and V
+    and eps = 0 the reconstruction error ||X - S * V||^2 never increases (Theorem 1).
     """
     numerator = ndc_adjoint(observation, filters, groups) + eps
     for _ in range(iterations):
         denominator = ndc_adjoint(ndc_forward_model(source, filters, groups), filters, groups) + eps
-        source = source_times_ratio(source, numerator, denominator)
+        source = _SourceTimesRatio.apply(source, numerator, denominator)
     return source
