@@ -15,6 +15,7 @@ from support.plans import configuration_manager as configuration
 from support.processes import python_in_fresh_process
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.layers import NonnegativeDeconvolution
+from nnunet_deconver.nnunet.trainers import trainer_classes
 from nnunet_deconver.nnunet.trainers import (
     nnUNetTrainerDeconver,
     nnUNetTrainerDeconver_k3,
@@ -114,3 +115,35 @@ def test_nnunet_toggles_deep_supervision_through_wrappers(wrapper: str, tmp_path
     finally:
         if wrapper == "ddp":
             dist.destroy_process_group()
+
+
+def test_every_trainer_of_the_package_is_found_by_nnunet_through_the_trainers_folder() -> None:
+    """trainers/ re-exports each family's classes: every trainer the package defines resolves by name."""
+    names = sorted(trainer_classes())
+    code = (
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+        f"for name in {names!r}:\n"
+        "    cls = find(name)\n"
+        "    print('FOUND', cls.__module__ + '.' + cls.__qualname__)"
+    )
+    found = [line.split()[1] for line in python_in_fresh_process(code).splitlines() if line.startswith("FOUND ")]
+    assert found == [f"{trainer_classes()[name].__module__}.{name}" for name in names]
+    assert {"nnUNetTrainerDeconver", "nnUNetTrainerFactorizerSwin", "nnUNetTrainerDTC"} <= set(names)
+
+
+def test_a_trainer_refuses_bad_plans_before_nnunet_creates_its_output_folder(toy_plans, tmp_path, monkeypatch) -> None:
+    """The meta-device check runs in the trainer's constructor: one line, and no folder in nnUNet_results."""
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
+
+    monkeypatch.setattr(nnunet_trainer_module, "nnUNet_results", str(tmp_path))
+    configuration = toy_plans["configurations"]["2d"]
+    planned = configuration["architecture"]["arch_kwargs"]
+    topology = {key: planned[key] for key in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides")}
+    configuration["architecture"] = {"network_class_name": "nnunet_deconver.architectures.deconver_unet.DeconverUNet",
+                                     "arch_kwargs": {**topology, "ratio": -2}, "_kw_requires_import": ["conv_op"]}
+    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 5,
+                    "file_ending": ".nii.gz"}
+    with pytest.raises(ValueError, match=r"nnUNetTrainerDeconver cannot train configuration '2d'.*ratio=-2") as error:
+        nnUNetTrainerDeconver(toy_plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []

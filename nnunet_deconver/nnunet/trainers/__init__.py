@@ -1,7 +1,7 @@
 """The package's nnU-Net trainers, one module per family; nnU-Net finds them through ``trainers/``.
 
 The list is computed, not kept by hand: :func:`trainer_classes` collects every ``nnUNetTrainer``
-subclass defined in this package's modules, and ``from nnunet_deconver.nnunet.trainers import
+subclass defined in this package's modules (except a base that sets ``shared_base = True`` itself), and ``from nnunet_deconver.nnunet.trainers import
 nnUNetTrainerDeconver`` resolves through it.
 """
 
@@ -22,7 +22,9 @@ def trainer_classes() -> dict[str, type]:
     for module_info in pkgutil.iter_modules(__path__, f"{__name__}."):
         module = importlib.import_module(module_info.name)
         for name, value in inspect.getmembers(module, inspect.isclass):
-            if value.__module__ == module.__name__ and issubclass(value, nnUNetTrainer):
+            if value.__module__ == module.__name__ and issubclass(value, nnUNetTrainer) and not vars(value).get(
+                "shared_base", False
+            ):
                 found[name] = value
     return found
 

@@ -40,6 +40,7 @@ class nnUNetTrainerPluginNetwork(nnUNetTrainer):
     """
 
     network_class: ClassVar[type[nn.Module] | None]
+    shared_base: ClassVar[bool] = True  # not a trainer to run: trainer_classes() leaves it out (own attribute only)
 
     def __init__(
         self, plans: dict, configuration: str, fold: int, dataset_json: dict,
