@@ -32,9 +32,9 @@ def ref_rank_one(x: Tensor, g: Tensor, iterations: int) -> tuple[Tensor, Tensor]
     return f, g
 
 
-def _hals_sweep(x: Tensor, f: Tensor, g: Tensor) -> Tensor:
+def _hals_sweep(x: Tensor, f: Tensor, g: Tensor, eps: float = 0.0) -> Tensor:
     """Algorithm 2, lines 3-5 for F (call with X^T, G, F for lines 6-8): columns in order, each using
-    the columns already updated in this sweep."""
+    the columns already updated in this sweep; ``eps`` added to ||g_r||^2 (0/0 -> 0 for a zero column)."""
     f = f.clone()
     a = x @ g
     b = g.T @ g
@@ -44,25 +44,25 @@ def _hals_sweep(x: Tensor, f: Tensor, g: Tensor) -> Tensor:
         for ell in range(rank):
             if ell != r:
                 numerator = numerator - b[ell, r] * f[:, ell]
-        f[:, r] = torch.clamp(numerator / (g[:, r] @ g[:, r]), min=0.0)
+        f[:, r] = torch.clamp(numerator / (g[:, r] @ g[:, r] + eps), min=0.0)
     return f
 
 
-def ref_hals(x: Tensor, f: Tensor, g: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+def ref_hals(x: Tensor, f: Tensor, g: Tensor, iterations: int, eps: float = 0.0) -> tuple[Tensor, Tensor]:
     for _ in range(iterations):
-        f = _hals_sweep(x, f, g)
-        g = _hals_sweep(x.T, g, f)
+        f = _hals_sweep(x, f, g, eps)
+        g = _hals_sweep(x.T, g, f, eps)
     return f, g
 
 
-def ref_mu(x: Tensor, f: Tensor, g: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
-    """Algorithm 1 entry by entry: F[i, r] *= (X G)[i, r] / (F G^T G)[i, r], then the same for G."""
+def ref_mu(x: Tensor, f: Tensor, g: Tensor, iterations: int, eps: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Algorithm 1 entry by entry: F[i, r] *= (X G)[i, r] / (F G^T G + eps)[i, r], then the same for G."""
     for _ in range(iterations):
         xg, fgg = x @ g, f @ (g.T @ g)
-        f = torch.stack([torch.stack([f[i, r] * xg[i, r] / fgg[i, r] for r in range(f.shape[1])])
+        f = torch.stack([torch.stack([f[i, r] * xg[i, r] / (fgg[i, r] + eps) for r in range(f.shape[1])])
                          for i in range(f.shape[0])])
         xf, gff = x.T @ f, g @ (f.T @ f)
-        g = torch.stack([torch.stack([g[j, r] * xf[j, r] / gff[j, r] for r in range(g.shape[1])])
+        g = torch.stack([torch.stack([g[j, r] * xf[j, r] / (gff[j, r] + eps) for r in range(g.shape[1])])
                          for j in range(g.shape[0])])
     return f, g
 
@@ -73,13 +73,6 @@ REFERENCES = {"mu": ref_mu, "hals": ref_hals}
 def initial_factors(rows: int, columns: int, rank: int) -> tuple[Tensor, Tensor]:
     like = torch.empty(0, dtype=torch.float64)
     return initial_factor(rows, rank, "F", like).clone(), initial_factor(columns, rank, "G", like).clone()
-
-
-def data_scaled(f0: Tensor, x: Tensor) -> Tensor:
-    """The package factorizes X / max(X) and gives F the scale back, which for the paper's algorithms
-    is the same as starting F at U(0, 1) * max(X): the references start there. (For R = 1 and for MU
-    the start's scale does not matter at all; for HALS with R > 1 it does.)"""
-    return f0 * x.max()
 
 
 def random_nonnegative(rows: int, columns: int, seed: int, rank: int | None = None) -> Tensor:
@@ -122,23 +115,34 @@ def test_rank_one_mu_and_hals_follow_eq_14(solver: str, iterations: int) -> None
     torch.testing.assert_close(g[:, 0], g_ref, rtol=1e-7, atol=0)
 
 
+TINY_EPS = 1e-300
+"""eps for comparisons with the references: resolves the 0/0 of a column the first HALS update zeroed
+(small max(X)), negligible against every other denominator."""
+
+
+@pytest.mark.parametrize("peak", [1e-3, 1.0, 7.0, 1e3])
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("rank", [2, 3, 4])
-def test_rank_r_updates_match_the_column_by_column_algorithms(solver: str, rank: int) -> None:
-    """Algorithm 1 (MU) and Algorithm 2 (HALS, sequential column updates) for R > 1."""
+def test_rank_r_updates_equal_the_algorithms_on_the_unscaled_matrix(solver: str, rank: int, peak: float) -> None:
+    """Algorithm 1 (MU) and Algorithm 2 (HALS, sequential column updates) for R > 1 on X itself,
+    max(X) = ``peak``, from the package's initial factors (float64): the package factorizes
+    X / max(X) from F0 / max(X) (HALS), which must be the same up to round-off."""
     x = random_nonnegative(6, 11, seed=rank, rank=rank)
+    x = x * (peak / x.max())
     f0, g0 = initial_factors(6, 11, rank)
-    f_ref, g_ref = REFERENCES[solver](x, data_scaled(f0, x), g0, 4)
-    f, g = nmf(x, rank=rank, iterations=4, solver=solver, eps=0.0)  # the references have no eps
-    torch.testing.assert_close(f, f_ref, rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-9)
+    f_ref, g_ref = REFERENCES[solver](x, f0, g0, 4, TINY_EPS)
+    f, g = nmf(x, rank=rank, iterations=4, solver=solver, eps=TINY_EPS)
+    torch.testing.assert_close(f, f_ref, rtol=1e-9, atol=1e-12 * peak)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
+    if solver == "hals" and peak != 1.0:  # not vacuous: starting from F0 * max(X) (as the scaled F0) differs
+        f_scaled_start, _ = ref_hals(x, f0 * peak, g0, 4, TINY_EPS)
+        assert not torch.allclose(f_scaled_start, f_ref, rtol=1e-3, atol=0)
 
 
 def test_hals_updates_columns_sequentially_not_jacobi_style() -> None:
     """Guard for the reference above: a Jacobi-style HALS (all columns from the old F) would differ."""
     x = random_nonnegative(6, 11, seed=7, rank=3)
     f0, g0 = initial_factors(6, 11, 3)
-    f0 = data_scaled(f0, x)
     a, b = x @ g0, g0.T @ g0
     jacobi = torch.clamp((a - f0 @ b + f0 * torch.diag(b)) / torch.diag(b), min=0)
     sequential = _hals_sweep(x, f0, g0)
@@ -211,7 +215,7 @@ def test_initial_factors_drawn_under_inference_mode_serve_training() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("rank", [1, 2, 3])
 def test_all_zero_input_gives_zero_output_and_finite_gradients(solver: str, rank: int, dtype) -> None:
     x = torch.zeros(2, 4, 9, dtype=dtype, requires_grad=True)
     out = NMF(rank=rank, iterations=5, solver=solver)(x)
@@ -221,23 +225,28 @@ def test_all_zero_input_gives_zero_output_and_finite_gradients(solver: str, rank
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("scale", [1e-30, 1e-10, 1e-3, 1e6, 1e15])
-def test_extreme_magnitudes_stay_finite(solver: str, scale: float) -> None:
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("scale", [1e-38, 1e-30, 1e-10, 1e-3, 1e6, 1e15, 1e25])
+def test_extreme_magnitudes_stay_finite(solver: str, rank: int, scale: float) -> None:
+    """Finite output and gradients from subnormal float32 magnitudes up; for HALS with R = 3 at small
+    magnitudes the start F0 / max(X) is huge (its products overflow to -inf before the clamp)."""
     x = (torch.rand(2, 8, 40) * scale).requires_grad_()
-    out = NMF(rank=1, iterations=5, solver=solver)(x)
+    out = NMF(rank=rank, iterations=5, solver=solver)(x)
     assert torch.isfinite(out).all()
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver,rank", [("mu", 1), ("hals", 1), ("mu", 3)])
 @pytest.mark.parametrize("scale", [1e-30, 1e-6, 1e-2, 1e2, 1e6, 1e12, 1e25])
-def test_scale_equivariance_in_float32(solver: str, scale: float) -> None:
-    """NMF(sX) = s NMF(X) (eq. 14 is homogeneous) over the whole float32 range: the iterations run on
-    X / max(X), so eps = 1e-8 stays relative to the data and no product under- or overflows."""
+def test_scale_equivariance_in_float32(solver: str, rank: int, scale: float) -> None:
+    """NMF(sX) = s NMF(X) for R = 1 (eq. 14 is homogeneous) and for MU (homogeneous of degree 0 in F)
+    over the whole float32 range: the iterations run on X / max(X), so eps = 1e-8 stays relative to
+    the data and no product under- or overflows. (HALS with R > 1 is not: Algorithm 2 starts from a
+    fixed F0, see test_rank_r_updates_equal_the_algorithms_on_the_unscaled_matrix.)"""
     torch.manual_seed(0)
     x = torch.rand(3, 8, 40)
-    layer = NMF(rank=1, iterations=5, solver=solver)
+    layer = NMF(rank=rank, iterations=5, solver=solver)
     torch.testing.assert_close(layer(x * scale), layer(x) * scale, rtol=1e-3, atol=0)
 
 
@@ -299,7 +308,7 @@ def test_masked_columns_anywhere_drop_out_of_the_factorization(solver: str, rank
     f, g = nmf(batch, rank=rank, iterations=4, solver=solver, column_mask=real.float(), eps=eps)
     f0, g0 = initial_factors(4, 16, rank)
     for k, scale in enumerate((1, 2)):
-        f_ref, g_ref = REFERENCES[solver](scale * x[:, real], data_scaled(f0, scale * x), g0[real], 4)
+        f_ref, g_ref = REFERENCES[solver](scale * x[:, real], f0, g0[real], 4)
         torch.testing.assert_close(f[k], f_ref, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(g[k][real], g_ref, rtol=1e-6, atol=1e-9)
         assert torch.equal(g[k][~real], torch.zeros_like(g[k][~real]))

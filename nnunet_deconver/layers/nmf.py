@@ -8,11 +8,21 @@ of a block coordinate descent on ||X - F G^T||^2 (eq. 10-11):
   with A = X G, B = G^T G, then the same for G with A = X^T F, B = F^T F.
 
 For R = 1 both reduce to eq. (14): f <- X g / ||g||^2, g <- X^T f / ||f||^2. ``eps`` is added to every
-denominator, so an all-zero matrix gives all-zero factors instead of 0/0; the iterations run on
-X / max(X) (per matrix) and F takes the scale back, so eps is relative to the data and the result is
-scale-equivariant for any magnitude of X. Gradients flow through all
+denominator, so an all-zero matrix gives all-zero factors instead of 0/0. Gradients flow through all
 iterations (plain autograd; every step is a matrix product or an elementwise operation). The layer
 outputs the reconstruction F G^T.
+
+Scale. The iterations run on X / s, s = max(X) per matrix, and F takes s back. They start from
+(F0 / s, G0) for HALS, whose update subtracts B F from X G (F is in the units of X), and from
+(F0, G0) for MU, which is homogeneous of degree 0 in F. This equals Algorithm 1 / 2 on X itself
+from (F0, G0), except that eps is added to each denominator in that denominator's own unit: eps for
+HALS' ||g_r||^2 and the first MU step's F0 G^T G, s eps for MU's later F G^T G, s^2 eps for the
+denominators of the G updates. So eps is relative to the data, and no product of X over- or
+underflows, whatever its magnitude. MU and R = 1 are scale-equivariant (NMF(aX) = a NMF(X)); HALS
+with R >= 2 is not, as Algorithm 2 from a fixed start is not: for max(X) < 1 its first update can
+drive columns of F to zero, all but the last for max(X) << 1 (for tiny max(X) through a product
+B F0 / s beyond the float range, whose -inf clamps to the same zeros). s is a constant for
+autograd: the gradient is that of Algorithm 1 / 2 with eps fixed at its value for this input.
 
 Initialisation. F and G start from U(0, 1) values drawn once per factor size from a generator with a
 fixed seed, shared by every matrix of a batch: the same input always gives the same output, and the
@@ -134,17 +144,16 @@ def nmf(
     batch_shape, (rows, columns) = x.shape[:-2], x.shape[-2:]
     # One contiguous 3-D batch: bmm then reads X in place at every product (no per-product reshape copies).
     x = x.reshape(-1, rows, columns).contiguous()
-    f = initial_factor(rows, rank, "F", x).expand(x.shape[0], rows, rank)
     g = initial_factor(columns, rank, "G", x)
     if column_mask is not None:
         g = g * column_mask.to(x.dtype).unsqueeze(-1)
     g = g.expand(*batch_shape, columns, rank).reshape(-1, columns, rank)
-    # Factorize X / s, s = max(X) per matrix, without forming it (the products are scaled instead), and
-    # give the scale back to F: the result is exactly scale-equivariant, eps stays relative to the data
-    # and no product over- or underflows. (Equivalently, F starts at U(0, 1) * max(X).)
-    scale = x.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    if solver == "mu" or rank == 1:  # these iterates do not depend on F's starting scale: s is a constant
-        scale = scale.detach()
+    # Factorize X / s, s = max(X) per matrix, without forming it (the products are scaled instead), from
+    # F0 / s for HALS and F0 for MU, and give s back to F (see the module docstring).
+    scale = x.detach().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    f = initial_factor(rows, rank, "F", x).expand(x.shape[0], rows, rank)
+    if solver == "hals":
+        f = f / scale
     inverse = scale.reciprocal()
     for _ in range(iterations):
         f = update(f, torch.bmm(x, g) * inverse, torch.bmm(g.transpose(1, 2), g), eps)
