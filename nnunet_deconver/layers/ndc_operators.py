@@ -83,7 +83,8 @@ def source_times_ratio(source: Tensor, numerator: Tensor, denominator: Tensor, o
         denominator: D = (S * V) * V^- + eps.
         out: optional tensor to write the result into.
     """
-    smaller = torch.minimum(source, numerator).div_(denominator)
+    # One division and one multiplication, as S * N / D (FLOP counters count those, not min / max).
+    smaller = torch.minimum(source, numerator) / denominator
     return torch.mul(torch.maximum(source, numerator), smaller, out=out)
 
 
