@@ -264,13 +264,13 @@ def _update_step_backward(
     for index in _slabs(source):
         observation_halo = _halo(observation, index, ops.halo)
         forward_halo = _halo(forward, index, ops.halo)
-        direct, grad_numerator, grad_denominator = source_times_ratio_grads(
+        _, grad_numerator, grad_denominator = source_times_ratio_grads(  # dL/dS: the direct term g * N / D
             _slab(grad, index),
             _slab(source, index),
             ops.adjoint(observation_halo, add_eps=True),
             ops.adjoint(forward_halo, add_eps=True),
+            out=_slab(grad_source, index),
         )
-        _slab(grad_source, index).copy_(direct)  # the direct term g * N / D
         if grad_observation is not None:
             ops.scatter_forward_model(grad_observation, index, grad_numerator)  # dL/dX = F(dL/dN)
         ops.accumulate_filter_grad(observation_halo, grad_numerator)  # + K(dL/dN, X)

@@ -81,22 +81,27 @@ def source_times_ratio(source: Tensor, numerator: Tensor, denominator: Tensor, o
         source: S.
         numerator: N = X * V^- + eps.
         denominator: D = (S * V) * V^- + eps.
-        out: optional tensor to write the result into.
+        out: optional tensor to write the result into (no autograd).
     """
-    # One division and one multiplication, as S * N / D (FLOP counters count those, not min / max).
-    smaller = torch.minimum(source, numerator) / denominator
-    return torch.mul(torch.maximum(source, numerator), smaller, out=out)
+    # out= forms rather than div_ / mul_: FLOP counters see one division and one multiplication, as
+    # for S * N / D (min and max are not counted).
+    smaller = torch.minimum(source, numerator, out=out)
+    torch.div(smaller, denominator, out=smaller)
+    return torch.mul(smaller, torch.maximum(source, numerator), out=smaller)
 
 
-def _saturate(tensor: Tensor) -> Tensor:
+def _saturate_(tensor: Tensor) -> Tensor:
     limit = torch.finfo(tensor.dtype).max
-    return tensor.clamp(-limit, limit)
+    return tensor.clamp_(-limit, limit)
 
 
 def source_times_ratio_grads(
-    grad: Tensor, source: Tensor, numerator: Tensor, denominator: Tensor
+    grad: Tensor, source: Tensor, numerator: Tensor, denominator: Tensor, out: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dL/dS, dL/dN, dL/dD) of S1 = S * N / D for g = dL/dS1: g * (N / D), g * (S / D), -(dL/dN / D) * N.
+
+    ``out``, if given, receives dL/dS (no autograd); otherwise all three are new tensors and the
+    computation is differentiable (double backward).
 
     Each is saturated at +-(float max) instead of overflowing to +-inf. They exceed the float range
     only where the true derivatives do: g * N / D where S and so D are near zero while N is large,
@@ -109,12 +114,10 @@ def source_times_ratio_grads(
     dL/dN and dL/dD are formed from it and not from N / D. Otherwise the values equal autograd's
     up to round-off.
     """
-    grad_numerator = _saturate(grad * (source / denominator))
-    return (
-        _saturate(grad * (numerator / denominator)),
-        grad_numerator,
-        -_saturate(grad_numerator / denominator * numerator),
-    )
+    grad_source = _saturate_(torch.div(numerator, denominator, out=out).mul_(grad))
+    grad_numerator = _saturate_(torch.div(source, denominator).mul_(grad))
+    grad_denominator = _saturate_(torch.div(grad_numerator, denominator).mul_(numerator)).neg_()
+    return grad_source, grad_numerator, grad_denominator
 
 
 class _SourceTimesRatio(torch.autograd.Function):
