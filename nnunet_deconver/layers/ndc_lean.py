@@ -264,7 +264,8 @@ def _update_step_backward(
     for index in _slabs(source):
         observation_halo = _halo(observation, index, ops.halo)
         forward_halo = _halo(forward, index, ops.halo)
-        _, grad_numerator, grad_denominator = source_times_ratio_grads(  # dL/dS: the direct term g * N / D
+        # dL/dS (the direct term g * N / D) into grad_source; dL/dN and dL/dD as new slabs.
+        _, grad_numerator, grad_denominator = source_times_ratio_grads(
             _slab(grad, index),
             _slab(source, index),
             ops.adjoint(observation_halo, add_eps=True),
