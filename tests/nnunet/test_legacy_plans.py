@@ -19,7 +19,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_deconver.nnunet.trainers import trainer_classes
 from support.signatures import network_signature
 
-RECORD = json.loads((Path(__file__).parent / "fixtures" / "v0_1_0_networks.json").read_text())
+RECORD = json.loads((Path(__file__).parents[1] / "fixtures" / "v0_1_0_networks.json").read_text())
 
 
 @pytest.mark.parametrize("record", RECORD["presets"], ids=lambda r: f"{r['preset']}-{r['plans']}-{r['configuration']}")

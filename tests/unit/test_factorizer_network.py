@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from learning_check import (
+from support.learning import (
     assert_a_few_adam_steps_reduce_the_loss,
     assert_deep_supervision_backward_reaches_every_parameter,
 )

@@ -6,7 +6,7 @@
 * ``DistributedDataParallel`` (gloo, 2 CPU processes, ``find_unused_parameters=False`` as nnU-Net
   uses it) with deep supervision on and off;
 * nnU-Net's real ``nnUNetPredictor`` rebuilding the network from a model folder written here and
-  loading a training checkpoint (tests/test_trainers.py already checks the predictor-style
+  loading a training checkpoint (tests/nnunet/test_trainers.py already checks the predictor-style
   ``build_network_architecture`` call plus strict ``load_state_dict`` directly).
 """
 
