@@ -51,7 +51,8 @@ def write_summary(path: Path, grey_matter: float, white_matter: float) -> Path:
 
 def test_dice_table_has_one_row_per_configuration_and_trainer(tmp_path: Path) -> None:
     runs = {("2d", "nnUNetTrainerDeconver_demo"): (0.5, 0.75), ("2d", "nnUNetTrainer_demo"): (0.875, 0.625),
-            ("3d_fullres", "nnUNetTrainerDeconver_demo"): (0.25, 0.25), ("3d_fullres", "nnUNetTrainer_demo"): (1.0, 0.0)}
+            ("3d_fullres", "nnUNetTrainerDeconver_demo"): (0.25, 0.25),
+            ("3d_fullres", "nnUNetTrainer_demo"): (1.0, 0.0)}
     dice = {run: dice_per_class(write_summary(tmp_path / f"{run[0]}_{run[1]}.json", *values), LABELS)
             for run, values in runs.items()}
     assert dice["2d", "nnUNetTrainer_demo"] == {"grey_matter": 0.875, "white_matter": 0.625}
@@ -83,7 +84,8 @@ def held_out_case(tmp_path: Path) -> tuple[Path, Path, dict[tuple[str, str], Pat
     for configuration in ("2d", "3d_fullres"):
         for trainer in ("nnUNetTrainerDeconver_demo", "nnUNetTrainer_demo"):
             segmentation = rng.integers(0, 3, CASE_SHAPE).astype(np.uint8)
-            predictions[configuration, trainer] = save_volume(segmentation, tmp_path / f"{configuration}_{trainer}.nii.gz")
+            path = tmp_path / f"{configuration}_{trainer}.nii.gz"
+            predictions[configuration, trainer] = save_volume(segmentation, path)
     return image, label, predictions
 
 
