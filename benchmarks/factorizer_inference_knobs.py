@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from nnunet_deconver.demo.nnunet_commands import NnUNetFolders, StageRunner, console_script
-from nnunet_deconver.demo.pipeline import DemoSettings, run_demo
+from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders, StageRunner, console_script
+from nnunet_deconver.nnunet.demo.pipeline import DemoSettings, run_demo
 from nnunet_deconver.nnunet.inference_knobs import NMFInferenceSettings, apply_settings, factorizer_in
 from nnunet_deconver.nnunet.trained_model import TrainedModel, load_trained_model, preprocess_image
 

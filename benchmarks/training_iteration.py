@@ -61,7 +61,7 @@ def time_train_step(dataset: str, configuration: str, trainer_name: str, device:
 
 
 def plan_demo_dataset(root: Path) -> str:
-    from nnunet_deconver.demo.mni152_dataset import write_mni152_dataset
+    from nnunet_deconver.nnunet.demo.mni152_dataset import write_mni152_dataset
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[name] = str(root / name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
-    from nnunet_deconver.demo.defaults import DEMO_CONFIGURATIONS, DEMO_TRAINERS
+    from nnunet_deconver.nnunet.demo.defaults import DEMO_CONFIGURATIONS, DEMO_TRAINERS
 
     parser = subparsers.add_parser(
         "demo",
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, FileExistsError) as error:
             parser.exit(2, f"nnunet-deconver {args.command}: error: {error}\n")
     elif args.command == "demo":
-        from nnunet_deconver.demo.pipeline import DemoSettings, run_demo
+        from nnunet_deconver.nnunet.demo.pipeline import DemoSettings, run_demo
 
         try:
             run_demo(DemoSettings(args.workdir, tuple(args.configurations), tuple(args.trainers), args.dataset_id,

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_deconver.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
-from nnunet_deconver.demo.nnunet_commands import NnUNetFolders
+from nnunet_deconver.nnunet.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
+from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders
 from support.integration import CONFIGURATIONS, DATASET_ID, model_folder, run
 
 pytestmark = pytest.mark.slow

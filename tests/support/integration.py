@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nnunet_deconver.demo.nnunet_commands import NnUNetFolders
+from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders
 from support.processes import run_console_script
 
 DATASET_ID = 991

@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_deconver.demo.defaults import DEMO_CONFIGURATIONS, DEMO_TRAINERS
-from nnunet_deconver.demo.figure import comparison_panels, save_comparison_figure
-from nnunet_deconver.demo.mni152_dataset import FILE_ENDING, MNI152Dataset, write_mni152_dataset
-from nnunet_deconver.demo.nnunet_commands import NnUNetFolders, StageRunner, console_script
-from nnunet_deconver.demo.report import DiceResults, dice_per_class, format_dice_table
+from nnunet_deconver.nnunet.demo.defaults import DEMO_CONFIGURATIONS, DEMO_TRAINERS
+from nnunet_deconver.nnunet.demo.figure import comparison_panels, save_comparison_figure
+from nnunet_deconver.nnunet.demo.mni152_dataset import FILE_ENDING, MNI152Dataset, write_mni152_dataset
+from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders, StageRunner, console_script
+from nnunet_deconver.nnunet.demo.report import DiceResults, dice_per_class, format_dice_table
 
 FIGURE_NAME = "held_out_case.png"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
-from nnunet_deconver.demo.mni152_dataset import MNI152Dataset, tissue_labels, write_mni152_dataset
+from nnunet_deconver.nnunet.demo.mni152_dataset import MNI152Dataset, tissue_labels, write_mni152_dataset
 
 RESOLUTION_MM = 4.0
 SLAB_THICKNESS = 8
@@ -153,7 +153,7 @@ def test_a_failed_build_leaves_no_half_written_dataset(tmp_path: Path, monkeypat
     def fail(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("nnunet_deconver.demo.mni152_dataset.generate_dataset_json", fail)
+    monkeypatch.setattr("nnunet_deconver.nnunet.demo.mni152_dataset.generate_dataset_json", fail)
     with pytest.raises(OSError, match="disk full"):
         write_mni152_dataset(tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -134,7 +134,7 @@ def write_mni152_dataset(raw_folder: Path, dataset_id: int = 990, dataset_name: 
             reference="https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009 (via nilearn.datasets)",
             license="MNI ICBM152 2009 template terms, Copyright (C) 1993-2009 Louis Collins, McConnell Brain "
                     "Imaging Centre, Montreal Neurological Institute, McGill University",
-            converted_by="nnunet_deconver.demo.mni152_dataset.write_mni152_dataset",
+            converted_by="nnunet_deconver.nnunet.demo.mni152_dataset.write_mni152_dataset",
         )
     except BaseException:
         shutil.rmtree(folder)  # only this call created it; leave no half-written dataset behind

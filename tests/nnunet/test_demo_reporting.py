@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from nnunet_deconver.demo.figure import comparison_panels, save_comparison_figure
-from nnunet_deconver.demo.nnunet_commands import EpochProgress
-from nnunet_deconver.demo.pipeline import DemoSettings
-from nnunet_deconver.demo.report import dice_per_class, format_dice_table
+from nnunet_deconver.nnunet.demo.figure import comparison_panels, save_comparison_figure
+from nnunet_deconver.nnunet.demo.nnunet_commands import EpochProgress
+from nnunet_deconver.nnunet.demo.pipeline import DemoSettings
+from nnunet_deconver.nnunet.demo.report import dice_per_class, format_dice_table
 
 LABELS = {"background": 0, "grey_matter": 1, "white_matter": 2}
 CASE_SHAPE = (6, 5, 4)  # x, y, z
