@@ -20,7 +20,6 @@ from support.networks import dtc_parameters, dtcs, n_parameters, planned_network
 from support.plans import DTC_PLAIN_UNET as DTC_PLAIN
 from support.plans import PLAIN_UNET, RESENC_UNET, nnunet_plans, resenc_plans
 from support.plans import narrow_configuration as configuration_manager
-from support.processes import python_in_fresh_process
 from nnunet_deconver.nnunet.trainers import (
     nnUNetTrainerDeconverDTC,
     nnUNetTrainerDTC,
@@ -41,19 +40,6 @@ DTC_TRAINERS = [nnUNetTrainerDTC, nnUNetTrainerDTC_rf2, nnUNetTrainerDTC_rf10, n
 def _torch_ndc_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Deconver forwards here test DTC, not the NDC CPU kernel (compiled on first use)."""
     monkeypatch.setenv("NNUNET_DECONVER_NDC_KERNEL", "torch")
-
-
-def test_nnunet_finds_every_dtc_trainer_by_name() -> None:
-    """One fresh interpreter (as a user's shell starts nnUNetv2_train) resolves every DTC trainer name."""
-    names = [cls.__name__ for cls in DTC_TRAINERS]
-    code = (
-        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
-        f"for name in {names!r}:\n"
-        "    cls = find(name)\n"
-        "    print('FOUND', cls.__module__ + '.' + cls.__qualname__)"
-    )
-    found = [line.split()[1] for line in python_in_fresh_process(code).splitlines() if line.startswith("FOUND ")]
-    assert found == [f"nnunet_deconver.nnunet.trainers.dtc.{name}" for name in names]
 
 
 # --------------------------------------------------------------------------------------------------

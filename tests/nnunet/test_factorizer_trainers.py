@@ -11,7 +11,6 @@ from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
 from nnunet_deconver.nnunet.presets import load_preset
 from support.plans import configuration_manager as configuration
-from support.processes import python_in_fresh_process
 from nnunet_deconver.nnunet.trainers import (
     nnUNetTrainerDeconver,
     nnUNetTrainerFactorizerGlobal,
@@ -25,19 +24,6 @@ TRAINERS = {
     "local": nnUNetTrainerFactorizerLocal,
     "global": nnUNetTrainerFactorizerGlobal,
 }
-
-
-def test_nnunet_finds_the_factorizer_trainers_by_name() -> None:
-    """One fresh interpreter (as a user's shell starts nnUNetv2_train) resolves every trainer name."""
-    names = [cls.__name__ for cls in TRAINERS.values()] + ["nnUNetTrainerFactorizerSwin_smoke"]
-    code = (
-        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
-        f"for name in {names!r}:\n"
-        "    cls = find(name)\n"
-        "    print('FOUND', cls.__module__ + '.' + cls.__qualname__)"  # nnU-Net prints its search too
-    )
-    found = [line.split()[1] for line in python_in_fresh_process(code).splitlines() if line.startswith("FOUND ")]
-    assert found == [f"nnunet_deconver.nnunet.trainers.factorizer.{name}" for name in names]
 
 
 def _bridge(config: ConfigurationManager) -> tuple[int, ...]:

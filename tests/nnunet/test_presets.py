@@ -23,7 +23,7 @@ from nnunet_deconver.nnunet.trainers import nnUNetTrainerDeconver, nnUNetTrainer
 from support.plans import DECONVER_UNET as DECONVER
 from support.plans import DTC_PLAIN_UNET as DTC_UNET
 from support.plans import FACTORIZER_UNET as FACTORIZER
-from support.plans import PLAIN_UNET, nnunet_plans
+from support.plans import nnunet_plans
 
 def test_every_shipped_preset_loads() -> None:
     names = set(available_presets())

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_deconver.shipped_folders import shipped_folder
 from support.plans import configuration_manager as configuration
@@ -37,15 +34,6 @@ def test_a_folder_the_user_set_is_kept_first_and_not_duplicated() -> None:
     value = python_in_fresh_process("import os; print(os.environ['nnUNet_extTrainer'])",
                                     nnUNet_extTrainer="/opt/my_trainers")
     assert value.split(os.pathsep) == ["/opt/my_trainers", EXT_FOLDER]
-
-
-@pytest.mark.parametrize("name", ["nnUNetTrainerDeconver", "nnUNetTrainerDeconver_k3", "nnUNetTrainerDeconver_k5"])
-def test_nnunet_finds_the_trainers_by_name(name: str) -> None:
-    code = (
-        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
-        f"cls = find('{name}')\nprint(cls.__module__ + '.' + cls.__qualname__)"
-    )
-    assert python_in_fresh_process(code).splitlines()[-1] == f"nnunet_deconver.nnunet.trainers.deconver.{name}"
 
 
 def ndc_kernels(network: torch.nn.Module) -> list[tuple[int, ...]]:

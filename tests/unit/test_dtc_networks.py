@@ -3,7 +3,6 @@ Factorizer with ``dtc``, and the ``dtc-offsets`` analysis (papers/dtc.md section
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_deconver.analysis.dtc_offsets import last_dtc, sampling_field, save_sampling_figure
@@ -23,7 +21,7 @@ from nnunet_deconver.nnunet.presets import load_preset
 from nnunet_deconver.nnunet.trainers import nnUNetTrainerDTC
 from support.networks import dtc_parameters, dtcs, n_parameters, planned_network, transposed_convs
 from support.plans import DTC_PLAIN_UNET as DTC_PLAIN
-from support.plans import PLAIN_UNET, RESENC_UNET
+from support.plans import RESENC_UNET
 from support.plans import narrow_configuration as configuration_manager
 
 SATURATED = 30.0
