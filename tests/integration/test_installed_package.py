@@ -48,9 +48,14 @@ def fresh_environment(folder: Path) -> Path:
 
 
 def pip(*arguments: str, target_python: Path) -> None:
-    """This environment's pip, installing into ``target_python``'s environment without dependencies."""
-    result = subprocess.run([sys.executable, "-m", "pip", "--python", str(target_python), "install", "--no-deps",
-                             "--quiet", *arguments], capture_output=True, text=True, cwd=REPOSITORY)
+    """This environment's pip, installing into ``target_python``'s environment without dependencies.
+
+    ``--ignore-installed``: the package is also installed in this environment, which the fresh one
+    sees after its own site-packages; pip would otherwise call it satisfied and install nothing.
+    """
+    command = [sys.executable, "-m", "pip", "--python", str(target_python), "install", "--no-deps",
+               "--ignore-installed", "--quiet", *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
