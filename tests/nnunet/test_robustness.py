@@ -15,44 +15,29 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import os
-from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnunet_deconver.architectures import DeconverUNet
-from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
 from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
 from nnunet_deconver.layers import NonnegativeDeconvolution
 from nnunet_deconver.layers.nmf import NMF
+from support.ddp import DDP_FAMILIES, DDP_WORLD_SIZE, ddp_training_worker, tiny_deconver_2d, tiny_factorizer_2d
 from support.plans import plans_configuration, predictor_plans
 
 ANISO_KERNELS_3D = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
 ANISO_STRIDES_3D = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]
 
 
-def _net_2d(deep_supervision: bool = True, input_channels: int = 2, num_classes: int = 3) -> DeconverUNet:
-    return DeconverUNet(input_channels, 3, [8, 16, 32], nn.Conv2d, 3, [1, 2, 2], num_classes,
-                        deep_supervision=deep_supervision, ndc_kernel_size=5)
-
-
 def _net_3d(deep_supervision: bool = True, input_channels: int = 2, num_classes: int = 3) -> DeconverUNet:
     """Anisotropic plans: no downsampling along the first axis at level 1, kernel (1, 3, 3) at level 0."""
     return DeconverUNet(input_channels, 4, [8, 16, 32, 64], nn.Conv3d, ANISO_KERNELS_3D, ANISO_STRIDES_3D,
                         num_classes, deep_supervision=deep_supervision)
-
-
-def _factorizer_2d(deep_supervision: bool = True, input_channels: int = 2, num_classes: int = 3) -> FactorizerUNet:
-    """A small Swin Factorizer: E = 4, window 4 (padded windows at 16 x 24 / 2), embedding for 32 x 32."""
-    return FactorizerUNet(input_channels, 3, [8, 16, 32], nn.Conv2d, 3, [1, 2, 2], num_classes,
-                          deep_supervision=deep_supervision, matricize="swin", head_dim=4, window=4,
-                          patch_size=(32, 32))
 
 
 def _learning_signal_layers(net: nn.Module) -> list[Tensor]:
@@ -67,9 +52,9 @@ def _learning_signal_layers(net: nn.Module) -> list[Tensor]:
 # over very few voxels amplify rounding errors beyond what real patches see), the cheaper backward
 # check a 2 x 2 x 2 one.
 NETWORKS = {
-    "2d": (_net_2d, (2, 2, 32, 32), (2, 2, 16, 16)),
+    "2d": (tiny_deconver_2d, (2, 2, 32, 32), (2, 2, 16, 16)),
     "3d-aniso": (_net_3d, (1, 2, 8, 32, 32), (1, 2, 4, 16, 16)),
-    "factorizer-swin-2d": (_factorizer_2d, (2, 2, 32, 32), (2, 2, 16, 24)),
+    "factorizer-swin-2d": (tiny_factorizer_2d, (2, 2, 32, 32), (2, 2, 16, 24)),
 }
 
 
@@ -224,7 +209,7 @@ def _max_abs_diff(a, b) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("build", [_net_2d, _factorizer_2d], ids=["deconver", "factorizer-swin"])
+@pytest.mark.parametrize("build", [tiny_deconver_2d, tiny_factorizer_2d], ids=["deconver", "factorizer-swin"])
 def test_inductor_compiled_2d_training_step_matches_eager_with_deep_supervision_toggled(build) -> None:
     """Compiled forward and backward equal eager; toggling decoder.deep_supervision recompiles."""
     torch._dynamo.reset()
@@ -260,7 +245,7 @@ def test_factorizer_compiles_into_one_graph_without_breaks() -> None:
     seeded initial factors) made dynamo recompile the rest per layer with dynamic shapes, which
     inductor then failed to lower ("cannot determine truth value of Relational"). Tracing only, fast."""
     torch._dynamo.reset()
-    net = _factorizer_2d(deep_supervision=True, input_channels=1, num_classes=2)
+    net = tiny_factorizer_2d(deep_supervision=True, input_channels=1, num_classes=2)
     explanation = torch._dynamo.explain(net)(torch.randn(1, 1, 16, 24))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
@@ -288,76 +273,6 @@ def test_inductor_compiled_3d_inference_matches_eager_with_deep_supervision_togg
 # --------------------------------------------------------------------------------------------------
 # DistributedDataParallel (gloo, 2 CPU processes)
 # --------------------------------------------------------------------------------------------------
-
-DDP_WORLD_SIZE = 2
-DDP_STEPS = 2  # DDP reports parameters without a gradient only when the next forward starts
-
-
-def _flat_parameters(module: nn.Module) -> Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
-
-
-def _nnunet_ddp_loss(deep_supervision: bool, n_outputs: int) -> nn.Module:
-    """The loss structure nnUNetTrainer._build_loss gives under DDP without torch.compile (CE part only).
-
-    With deep supervision: DeepSupervisionWrapper, weights 1/2^i, the lowest set to 1e-6 (not 0,
-    which nnU-Net reserves for non-DDP or compiled runs), normalised. Without: the plain loss.
-    """
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
-
-    if not deep_supervision:
-        return RobustCrossEntropyLoss()
-    weights = np.array([1 / 2**i for i in range(n_outputs)])
-    weights[-1] = 1e-6
-    return DeepSupervisionWrapper(RobustCrossEntropyLoss(), weights / weights.sum())
-
-
-DDP_FAMILIES = {"deconver": _net_2d, "factorizer-swin": _factorizer_2d}
-
-
-def ddp_training_worker(rank: int, world_size: int, init_method: str, out_dir: str) -> None:
-    """One DDP rank: nnU-Net's wrapping, toggling and loss, a few SGD steps on this rank's own data.
-
-    For each family and deep supervision on, then off, a fresh network (same seed on every rank) is wrapped like
-    nnUNetTrainer does (``find_unused_parameters`` left False), the flag is set through
-    ``.module.decoder`` like ``set_deep_supervision_enabled`` does, and DDP_STEPS steps run.
-    Module level so that the "spawn" start method can pickle it.
-    """
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=120))
-    try:
-        for (family, build), deep_supervision in itertools.product(DDP_FAMILIES.items(), (True, False)):
-            torch.manual_seed(0)
-            net = build(deep_supervision=True, input_channels=1, num_classes=2)
-            initial = _flat_parameters(net).clone()
-            ddp = nn.parallel.DistributedDataParallel(net, find_unused_parameters=False)
-            ddp.module.decoder.deep_supervision = deep_supervision
-            optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-            loss_fn = _nnunet_ddp_loss(deep_supervision, len(net.decoder.heads))
-            generator = torch.Generator().manual_seed(1000 + rank)  # different data per rank
-            losses = []
-            for _ in range(DDP_STEPS):
-                x = torch.randn(2, 1, 16, 16, generator=generator)
-                target = (x[:, :1] > 0).float()  # nnU-Net's targets: (b, 1, *spatial), float
-                optimizer.zero_grad(set_to_none=True)
-                outputs = ddp(x)
-                assert isinstance(outputs, list) == deep_supervision
-                if deep_supervision:  # targets downsampled to each output, as nnU-Net's DS transform does
-                    targets = [F.interpolate(target, size=o.shape[2:], mode="nearest") for o in outputs]
-                    loss = loss_fn(outputs, targets)
-                else:
-                    loss = loss_fn(outputs, target)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-            torch.save({"initial": initial, "final": _flat_parameters(net), "losses": losses,
-                        "grads_missing": [n for n, p in net.named_parameters() if p.grad is None]},
-                       os.path.join(out_dir, f"{family}_ds{int(deep_supervision)}_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
 
 def test_ddp_gloo_two_processes_train_in_sync_with_deep_supervision_on_and_off(tmp_path) -> None:
     """find_unused_parameters=False: steps run with DS on and off; both ranks end with identical, updated weights.
