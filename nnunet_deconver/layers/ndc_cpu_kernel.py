@@ -10,7 +10,8 @@ it (first touches of 4 KiB pages otherwise cost as much as the arithmetic).
 The extension is compiled on first use with :func:`torch.utils.cpp_extension.load` (``-O3
 -march=native -fopenmp``, cached in the torch extensions directory; the name includes a hash of
 the CPU's feature flags, so a cache shared between different CPUs never runs foreign
-instructions). :class:`~nnunet_deconver.layers.ndc_lean.LeanNDCUpdate` uses it for
+instructions, and of the source, so environments with different versions of the package never
+rebuild one shared build folder under each other). :class:`~nnunet_deconver.layers.ndc_lean.LeanNDCUpdate` uses it for
 CPU float32/float64 2-D and 3-D inputs with G = C; otherwise, or if it does not build, it runs
 the torch path. The environment variable ``NNUNET_DECONVER_NDC_KERNEL`` selects:
 
@@ -65,6 +66,11 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
+def _source_tag() -> str:
+    """Short hash of the C++ source: installs of different versions never share (and rebuild) one build folder."""
+    return hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:8]
+
+
 @functools.cache
 def _build() -> ModuleType | BaseException:
     """The compiled extension, or the exception its build raised (tried once per process)."""
@@ -80,7 +86,7 @@ def _build() -> ModuleType | BaseException:
 
     try:
         return cpp_extension.load(
-            name=f"nnunet_deconver_ndc_cpu_{_cpu_tag()}",
+            name=f"nnunet_deconver_ndc_cpu_{_cpu_tag()}_{_source_tag()}",
             sources=[str(_SOURCE)],
             extra_cflags=_FLAGS,
             extra_ldflags=["-fopenmp"],
