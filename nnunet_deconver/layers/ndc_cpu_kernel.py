@@ -133,7 +133,10 @@ def unsupported_reason(observation: Tensor, filters: Tensor, groups: int, dtype:
 
 
 def use_kernel(observation: Tensor, filters: Tensor, groups: int, dtype: torch.dtype) -> bool:
-    """Whether :class:`~nnunet_deconver.layers.ndc_lean.LeanNDCUpdate` should compute this call with the kernel (see module docstring)."""
+    """Whether :class:`~nnunet_deconver.layers.ndc_lean.LeanNDCUpdate` computes this call with the kernel.
+
+    See the module docstring.
+    """
     if kernel_mode() == "torch" or torch.compiler.is_compiling():  # inductor compiles the torch path instead
         return False
     reason = unsupported_reason(observation, filters, groups, dtype)

@@ -10,13 +10,15 @@ nnU-Net loads per fold keep them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor, predict_entry_point
 from torch import nn
 
 from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
@@ -148,11 +150,6 @@ def predict_with_settings(settings: NMFInferenceSettings, nnunet_arguments: Sequ
         FileExistsError: the output folder holds files and ``--continue_prediction`` was not given, or
             they were made with other settings.
     """
-    import argparse
-    import sys
-
-    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
-
     passthrough = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     passthrough.add_argument("-o")
     passthrough.add_argument("--continue_prediction", action="store_true")

@@ -18,6 +18,7 @@ import torch
 
 from nnunet_deconver.nnunet.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
 from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders
+from nnunet_deconver.nnunet.plans_topology import TOPOLOGY_KEYS
 from support.integration import CONFIGURATIONS, DATASET_ID, TRAINER, model_folder, run
 
 pytestmark = pytest.mark.slow
@@ -99,7 +100,7 @@ def test_plans_written_by_version_0_1_0_train_and_predict(trained, tmp_path: Pat
     (dataset_folder,) = folders.preprocessed.glob(f"Dataset{DATASET_ID}_*")
     plans = json.loads((dataset_folder / "nnUNetPlans.json").read_text())
     planned = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
-    topology = {key: planned[key] for key in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides")}
+    topology = {key: planned[key] for key in TOPOLOGY_KEYS}
     legacy_kwargs = {key: value for key, value in legacy["arch_kwargs"].items() if key not in topology}
     plans["configurations"]["2d"]["architecture"] = {**legacy, "arch_kwargs": {**topology, **legacy_kwargs}}
     plans["plans_name"] = "nnUNetLegacyPlans"

@@ -12,6 +12,7 @@ from support.plans import configuration_manager as configuration
 from support.processes import python_in_fresh_process
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.layers import NonnegativeDeconvolution
+from nnunet_deconver.nnunet.plans_topology import TOPOLOGY_KEYS
 from nnunet_deconver.nnunet.trainers import trainer_classes
 from nnunet_deconver.nnunet.trainers import (
     nnUNetTrainerDeconver,
@@ -126,7 +127,7 @@ def test_a_trainer_refuses_bad_plans_before_nnunet_creates_its_output_folder(toy
     monkeypatch.setattr(nnunet_trainer_module, "nnUNet_results", str(tmp_path))
     configuration = toy_plans["configurations"]["2d"]
     planned = configuration["architecture"]["arch_kwargs"]
-    topology = {key: planned[key] for key in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides")}
+    topology = {key: planned[key] for key in TOPOLOGY_KEYS}
     configuration["architecture"] = {"network_class_name": "nnunet_deconver.architectures.deconver_unet.DeconverUNet",
                                      "arch_kwargs": {**topology, "ratio": -2}, "_kw_requires_import": ["conv_op"]}
     dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 5,

@@ -1,8 +1,8 @@
 """The package's nnU-Net trainers, one module per family; nnU-Net finds them through ``trainers/``.
 
 The list is computed, not kept by hand: :func:`trainer_classes` collects every ``nnUNetTrainer``
-subclass defined in this package's modules (except a base that sets ``shared_base = True`` itself), and ``from nnunet_deconver.nnunet.trainers import
-nnUNetTrainerDeconver`` resolves through it.
+subclass defined in this package's modules (except a base that sets ``shared_base = True`` itself),
+and ``from nnunet_deconver.nnunet.trainers import nnUNetTrainerDeconver`` resolves through it.
 """
 
 from __future__ import annotations
