@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnunet_deconver.layers.compute import autocast_disabled
-from nnunet_deconver.layers.ndc_lean import initial_source_channels_last, ndc_update_lean
+from nnunet_deconver.layers.ndc_layer_op import ndc_layer
 from nnunet_deconver.layers.ndc_operators import CONVOLUTIONS, ndc_update
 
 _POINTWISE_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -53,11 +53,11 @@ class NonnegativeDeconvolution(nn.Module):
         groups: number of groups G; ``None`` means G = C (the paper's default).
         iterations: number of multiplicative updates (the paper uses 1).
         eps: the positive constant of eq. (7).
-        lean: compute eq. (7) with :func:`~nnunet_deconver.layers.ndc_lean.ndc_update_lean`
-            (hand-written backward that saves only X, S0 and V, channels-last output for 2-D/3-D)
-            instead of the plain autograd graph of
-            :func:`~nnunet_deconver.layers.ndc_operators.ndc_update`. Both give the same values
-            and gradients.
+        lean: compute S0 and eq. (7) with :func:`~nnunet_deconver.layers.ndc_layer_op.ndc_layer`
+            (hand-written backward that saves only X, in its own dtype, and the weights, recomputing
+            S0; channels-last output for 2-D/3-D; one opaque operator under torch.compile) instead
+            of the plain autograd graph of :func:`~nnunet_deconver.layers.ndc_operators.ndc_update`.
+            Both give the same values and gradients.
     """
 
     def __init__(
@@ -106,12 +106,11 @@ class NonnegativeDeconvolution(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         dtype = torch.promote_types(self.weight.dtype, torch.float32)  # float32, or float64 after .double()
         with autocast_disabled(x):
-            observation = x.to(dtype)
             weight, bias = self.source_init.weight.to(dtype), self.source_init.bias.to(dtype)
             filters = self.filters().to(dtype)
-            if self.lean:
-                source = initial_source_channels_last(observation, weight, bias)
-                return ndc_update_lean(observation, source, filters, self.groups, self.iterations, self.eps)
+            if self.lean:  # x as it is (fp16 under autocast): the layer saves it and casts it itself
+                return ndc_layer(x, weight, bias, filters, self.groups, self.iterations, self.eps)
+            observation = x.to(dtype)
             source = F.relu(CONVOLUTIONS[self.spatial_dims](observation, weight, bias))
             return ndc_update(observation, source, filters, self.groups, self.iterations, self.eps)
 

@@ -36,6 +36,7 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 
 from nnunet_deconver.layers.compute import compute_layout
 
@@ -123,6 +124,8 @@ def unsupported_reason(observation: Tensor, filters: Tensor, groups: int, dtype:
     """Why the kernel cannot compute this call of eq. (7), or None if it can."""
     if observation.device.type != "cpu" or filters.device.type != "cpu":
         return f"device {observation.device.type}"
+    if isinstance(observation, FakeTensor):
+        return "fake tensor (profiling)"
     if observation.dim() not in (4, 5):
         return f"{observation.dim() - 2}-D input (2-D and 3-D only)"
     if groups != filters.shape[0]:

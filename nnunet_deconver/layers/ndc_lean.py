@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,15 +63,16 @@ from nnunet_deconver.layers.ndc_operators import (
 )
 
 _SLAB_BYTES = 16 * 2**20
-"""Target size of one slab of a source-sized tensor (R*C channels). It keeps slab temporaries
-mostly in the last-level cache and below glibc's largest mmap threshold (32 MiB), so their memory
-is recycled instead of being page-faulted anew for every slab."""
+"""CPU target size of one slab of a source-sized tensor (R*C channels), one batch element at a time. It
+keeps slab temporaries mostly in the last-level cache and below glibc's largest mmap threshold (32 MiB),
+so their memory is recycled instead of being page-faulted anew for every slab."""
+
+_DEVICE_SLAB_BYTES = 512 * 2**20
+"""Target size of one slab on other devices (CUDA), whole batch per slab: few, large kernels, while the
+temporaries of eq. (7)'s backward (about five source-sized slabs) stay a few GiB at 128^3 plans."""
 
 _MERGED_GROUP_INPUTS = 4
 """Merge groups of the adjoint convolution until a merged group has up to this many inputs."""
-
-_SlabIndex = tuple[int, int, int]  # batch index, first and one-past-last plane along the slab axis
-
 
 def _empty_incompute_layout(like: Tensor, channels: int) -> Tensor:
     """Uninitialised (B, channels, *spatial) tensor shaped after ``like``, in the compute layout."""
@@ -105,30 +107,68 @@ def initial_source_channels_last(x: Tensor, weight: Tensor, bias: Tensor) -> Ten
     return out.unflatten(1, spatial).movedim(-1, 1)
 
 
+Strategy = Literal["cpu", "device"]
+_forced_strategy: list[Strategy] = []
+
+_SlabIndex = tuple[int, int, int, int]  # first and one-past-last batch element, first and one-past-last plane
+_Planes = tuple[Tensor, int]  # a slab with its halo, and the depth padding its convolutions add (see _halo)
+
+
+@contextmanager
+def ndc_strategy(strategy: Strategy) -> Iterator[None]:
+    """Run the lean NDC with the slab strategy of ``strategy`` whatever the device.
+
+    ``cpu``: slabs of about ``_SLAB_BYTES``, one batch element each (the CPU default); ``device``: slabs of
+    about ``_DEVICE_SLAB_BYTES`` over the whole batch (every other device). Profiling uses it to count the
+    kernel launches of the CUDA path on CPU tensors.
+    """
+    _forced_strategy.append(strategy)
+    try:
+        yield
+    finally:
+        _forced_strategy.pop()
+
+
+def _strategy(tensor: Tensor) -> Strategy:
+    if _forced_strategy:
+        return _forced_strategy[-1]
+    return "cpu" if tensor.device.type == "cpu" else "device"
+
+
 def _slabs(tensor: Tensor) -> Iterator[_SlabIndex]:
-    """Split (B, E, depth, ...) into slabs of whole planes of about ``_SLAB_BYTES`` each."""
+    """Split (B, E, depth, ...) into slabs of whole planes of about the strategy's slab size each."""
     batch, channels, depth, *rest = tensor.shape
-    plane_bytes = channels * math.prod(rest) * tensor.element_size()
-    planes = max(1, min(depth, _SLAB_BYTES // max(1, plane_bytes)))
-    for b in range(batch):
+    per_batch_element = _strategy(tensor) == "cpu"
+    batch_step = 1 if per_batch_element else batch
+    plane_bytes = batch_step * channels * math.prod(rest) * tensor.element_size()
+    budget = _SLAB_BYTES if per_batch_element else _DEVICE_SLAB_BYTES
+    planes = max(1, min(depth, budget // max(1, plane_bytes)))
+    for b in range(0, batch, batch_step):
         for start in range(0, depth, planes):
-            yield b, start, min(depth, start + planes)
+            yield b, b + batch_step, start, min(depth, start + planes)
 
 
 def _slab(tensor: Tensor, index: _SlabIndex) -> Tensor:
-    b, start, stop = index
-    return tensor[b : b + 1, :, start:stop]
+    b0, b1, start, stop = index
+    return tensor[b0:b1, :, start:stop]
 
 
-def _halo(tensor: Tensor, index: _SlabIndex, halo: int) -> Tensor:
-    """Planes ``start - halo`` .. ``stop + halo`` of one batch element, zero beyond the borders."""
-    b, start, stop = index
+def _halo(tensor: Tensor, index: _SlabIndex, halo: int) -> tuple[Tensor, int]:
+    """Planes ``start - halo`` .. ``stop + halo`` of the slab's batch elements, zero beyond the borders.
+
+    Returns (planes, depth padding): a slab spanning the whole depth is returned as a view with
+    depth padding ``halo`` (the convolution pads it, nothing is copied); any other slab is read with
+    its halo, zero-padded where it meets a border, and depth padding 0.
+    """
+    b0, b1, start, stop = index
     depth = tensor.shape[2]
+    if start == 0 and stop == depth:
+        return tensor[b0:b1], halo
     low, high = max(0, start - halo), min(depth, stop + halo)
-    slab = tensor[b : b + 1, :, low:high]
+    slab = tensor[b0:b1, :, low:high]
     if low > start - halo or high < stop + halo:
         slab = F.pad(slab, [0, 0] * (tensor.dim() - 3) + [low - (start - halo), stop + halo - high])
-    return slab
+    return slab, 0
 
 
 def _merge_factor(groups: int, inputs_per_group: int) -> int:
@@ -200,15 +240,20 @@ class _Operators:
         summed = per_source.reshape(-1, self.sources_per_channel).mv(out.new_ones(self.sources_per_channel))
         return summed.view(*per_source.shape[:-1], -1).movedim(-1, 1)
 
-    def adjoint(self, halo_slab: Tensor, add_eps: bool) -> Tensor:
-        """A on a slab read with its halo, plus eps if ``add_eps`` (a fresh, writable tensor)."""
-        return self._conv(halo_slab, self.adjoint_filters, self.adjoint_groups, 0, self.eps_bias if add_eps else None)
+    def adjoint(self, planes: _Planes, add_eps: bool) -> Tensor:
+        """A on a slab read with its halo (:func:`_halo`), plus eps if ``add_eps`` (a fresh, writable tensor)."""
+        slab, depth_padding = planes
+        bias = self.eps_bias if add_eps else None
+        return self._conv(slab, self.adjoint_filters, self.adjoint_groups, depth_padding, bias)
 
     def full_forward_model(self, source: Tensor) -> Tensor:
-        """Y = F(S) for the whole source, slab by slab."""
+        """Y = F(S) for the whole source, slab by slab (one convolution if one slab holds it all)."""
+        indices = list(_slabs(source))
+        if len(indices) == 1:
+            return compute_layout(self.forward_model(*_halo(source, indices[0], self.halo)))
         out = _empty_incompute_layout(source, self.channels)
-        for index in _slabs(source):
-            _slab(out, index).copy_(self.forward_model(_halo(source, index, self.halo)))
+        for index in indices:
+            _slab(out, index).copy_(self.forward_model(*_halo(source, index, self.halo)))
         return out
 
     def scatter_forward_model(self, target: Tensor, index: _SlabIndex, slab: Tensor) -> None:
@@ -216,19 +261,20 @@ class _Operators:
 
         F of one slab reaches ``halo`` planes beyond it on each side, all added to ``target``.
         """
-        b, start, stop = index
+        b0, b1, start, stop = index
         out = self.forward_model(slab, depth_padding=2 * self.halo)  # planes start - halo .. stop + halo
         low, high = max(0, start - self.halo), min(target.shape[2], stop + self.halo)
         offset = start - self.halo
-        target[b : b + 1, :, low:high] += out[:, :, low - offset : high - offset]
+        target[b0:b1, :, low:high] += out[:, :, low - offset : high - offset]
 
-    def accumulate_filter_grad(self, halo_slab: Tensor, grad: Tensor) -> None:
-        """Add K(grad, halo_slab): the gradient of <grad, A(halo_slab)> w.r.t. the filters."""
+    def accumulate_filter_grad(self, planes: _Planes, grad: Tensor) -> None:
+        """Add K(grad, planes): the gradient of <grad, A(planes)> w.r.t. the filters (planes from :func:`_halo`)."""
         if self.adjoint_filter_grad is None:
             return
+        slab, depth_padding = planes
         dims = grad.dim() - 2
         _, weight_grad, _ = torch.ops.aten.convolution_backward(
-            grad, halo_slab, self.adjoint_filters, None, [1] * dims, [0, *self.padding_rest], [1] * dims,
+            grad, slab, self.adjoint_filters, None, [1] * dims, [depth_padding, *self.padding_rest], [1] * dims,
             False, [0] * dims, self.adjoint_groups, [False, True, False],
         )
         self.adjoint_filter_grad.add_(weight_grad)
@@ -278,10 +324,63 @@ def _update_step_backward(
         ops.scatter_forward_model(forward_of_grad_denominator, index, grad_denominator)
         ops.accumulate_filter_grad(forward_halo, grad_denominator)  # + K(dL/dD, Y)
     for index in _slabs(source):
-        halo_slab = _halo(forward_of_grad_denominator, index, ops.halo)
-        _slab(grad_source, index).add_(ops.adjoint(halo_slab, add_eps=False))  # + A(F(dL/dD))
-        ops.accumulate_filter_grad(halo_slab, _slab(source, index))  # + K(S, F(dL/dD))
+        planes = _halo(forward_of_grad_denominator, index, ops.halo)
+        _slab(grad_source, index).add_(ops.adjoint(planes, add_eps=False))  # + A(F(dL/dD))
+        ops.accumulate_filter_grad(planes, _slab(source, index))  # + K(S, F(dL/dD))
     return grad_source
+
+
+def _promoted_dtype(*tensors: Tensor) -> torch.dtype:
+    """The compute dtype of eq. (7): the inputs' promoted dtype, at least float32."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def _lean_forward(
+    observation: Tensor, source: Tensor, filters: Tensor, groups: int, iterations: int, eps: float, dtype: torch.dtype
+) -> Tensor:
+    """S^(iterations) of eq. (7) in ``dtype`` (autocast must be off): the fused CPU kernel or the slab path."""
+    if observation.is_meta:  # shapes only (profiling): let FLOP counters see the ops of eq. (7)
+        return ndc_update(observation.to(dtype), source.to(dtype), filters.to(dtype), groups, iterations, eps)
+    if _strategy(observation) == "cpu" and ndc_cpu_kernel.use_kernel(observation, filters, groups, dtype):
+        return ndc_cpu_kernel.update(observation, source, filters.to(dtype), iterations, eps)
+    ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=False)
+    obs = compute_layout(observation.to(dtype))
+    out = compute_layout(source.to(dtype))
+    for _ in range(iterations):
+        out = _update_step(ops, obs, out)
+    return out
+
+
+def _lean_backward(
+    grad_output: Tensor,
+    observation: Tensor,
+    source: Tensor,
+    filters: Tensor,
+    groups: int,
+    iterations: int,
+    eps: float,
+    dtype: torch.dtype,
+    need_observation: bool,
+    need_filters: bool,
+) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """(dL/dX, dL/dS0, dL/dV) in ``dtype`` of :func:`_lean_forward` for dL/dS^(iterations) (None where not needed)."""
+    if _strategy(observation) == "cpu" and ndc_cpu_kernel.use_kernel(observation, filters, groups, dtype):
+        return ndc_cpu_kernel.update_backward(
+            grad_output, observation, source, filters.to(dtype), iterations, eps, need_observation, need_filters
+        )
+    ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=need_filters)
+    obs = compute_layout(observation.to(dtype))
+    sources = [compute_layout(source.to(dtype))]
+    for _ in range(iterations - 1):  # intermediate sources, alive during this backward only
+        sources.append(_update_step(ops, obs, sources[-1]))
+    grad_obs = torch.zeros_like(obs) if need_observation else None  # summed over the iterations
+    grad = compute_layout(grad_output.to(dtype))
+    while sources:
+        grad = _update_step_backward(ops, grad, obs, sources.pop(), grad_obs)
+    return grad_obs, grad, ops.filter_grad() if need_filters else None
 
 
 class LeanNDCUpdate(torch.autograd.Function):
@@ -305,23 +404,11 @@ class LeanNDCUpdate(torch.autograd.Function):
         iterations: int,
         eps: float,
     ) -> Tensor:
-        dtype = torch.promote_types(torch.promote_types(observation.dtype, source.dtype), filters.dtype)
-        dtype = torch.promote_types(dtype, torch.float32)
-        fused = ndc_cpu_kernel.use_kernel(observation, filters, groups, dtype)
+        dtype = _promoted_dtype(observation, source, filters)
         with autocast_disabled(observation):
-            if observation.is_meta:  # shapes only (profiling): let FLOP counters see the ops of eq. (7)
-                out = ndc_update(observation.to(dtype), source.to(dtype), filters.to(dtype), groups, iterations, eps)
-            elif fused:
-                out = ndc_cpu_kernel.update(observation, source, filters.to(dtype), iterations, eps)
-            else:
-                ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=False)
-                obs = compute_layout(observation.to(dtype))
-                out = compute_layout(source.to(dtype))
-                for _ in range(iterations):
-                    out = _update_step(ops, obs, out)
+            out = _lean_forward(observation, source, filters, groups, iterations, eps, dtype)
         ctx.save_for_backward(observation, source, filters)
         ctx.groups, ctx.iterations, ctx.eps, ctx.dtype = groups, iterations, eps, dtype  # type: ignore[attr-defined]
-        ctx.fused = fused  # type: ignore[attr-defined]
         return out
 
     @staticmethod
@@ -330,22 +417,10 @@ class LeanNDCUpdate(torch.autograd.Function):
         observation, source, filters = ctx.saved_tensors
         need_observation, need_source, need_filters = ctx.needs_input_grad[:3]
         with autocast_disabled(observation):
-            if ctx.fused:
-                grad_obs, grad, grad_filters = ndc_cpu_kernel.update_backward(
-                    grad_output, observation, source, filters.to(ctx.dtype), ctx.iterations, ctx.eps,
-                    need_observation, need_filters,
-                )
-            else:
-                ops = _Operators(filters.to(ctx.dtype), ctx.groups, ctx.eps, track_filter_grad=need_filters)
-                obs = compute_layout(observation.to(ctx.dtype))
-                sources = [compute_layout(source.to(ctx.dtype))]
-                for _ in range(ctx.iterations - 1):  # intermediate sources, alive during this backward only
-                    sources.append(_update_step(ops, obs, sources[-1]))
-                grad_obs = torch.zeros_like(obs) if need_observation else None  # summed over the iterations
-                grad = compute_layout(grad_output.to(ctx.dtype))
-                while sources:
-                    grad = _update_step_backward(ops, grad, obs, sources.pop(), grad_obs)
-                grad_filters = ops.filter_grad() if need_filters else None
+            grad_obs, grad, grad_filters = _lean_backward(
+                grad_output, observation, source, filters, ctx.groups, ctx.iterations, ctx.eps, ctx.dtype,
+                need_observation, need_filters,
+            )
         return (
             grad_obs.to(observation.dtype) if grad_obs is not None else None,
             grad.to(source.dtype) if need_source else None,
@@ -366,3 +441,107 @@ def ndc_update_lean(
     2-D and 3-D inputs. Not twice differentiable.
     """
     return LeanNDCUpdate.apply(observation, source, filters, groups, iterations, eps)
+
+
+def _initial_source_backward(
+    grad_source: Tensor, observation: Tensor, source: Tensor, weight: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dL/dX, dL/dW, dL/db) of S0 = ReLU(W X + b) (:func:`initial_source_channels_last`) for dL/dS0.
+
+    Overwrites ``grad_source`` with dL/d(W X + b). The products mirror the forward's: per batch
+    element, (P, E) gradient rows against the (P, C) view of X.
+    """
+    batch, channels, *spatial = observation.shape
+    grad_pre = grad_source.masked_fill_(source <= 0, 0).movedim(1, -1).reshape(batch, -1, grad_source.shape[1])
+    columns = observation.flatten(2)  # (B, C, P) view
+    grad_weight = torch.bmm(columns, grad_pre).sum(0).t().reshape(weight.shape)
+    grad_bias = grad_pre.sum((0, 1))
+    grad_columns = torch.bmm(grad_pre, weight.flatten(1).expand(batch, *weight.shape[:2]))  # (B, P, C)
+    return grad_columns.unflatten(1, spatial).movedim(-1, 1), grad_weight, grad_bias
+
+
+def lean_layer_forward(
+    x: Tensor, source_weight: Tensor, source_bias: Tensor, filters: Tensor, groups: int, iterations: int, eps: float
+) -> Tensor:
+    """S0 = ReLU(PointwiseConv(x)) and eq. (7), computed in float32 (float64 for float64 weights), autocast off."""
+    dtype = _promoted_dtype(source_weight, source_bias, filters)
+    with autocast_disabled(x):
+        observation = x.to(dtype)
+        source = initial_source_channels_last(observation, source_weight.to(dtype), source_bias.to(dtype))
+        return _lean_forward(observation, source, filters, groups, iterations, eps, dtype)
+
+
+def lean_layer_backward(
+    grad_output: Tensor,
+    x: Tensor,
+    source_weight: Tensor,
+    source_bias: Tensor,
+    filters: Tensor,
+    groups: int,
+    iterations: int,
+    eps: float,
+    need_x: bool = True,
+    need_filters: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(dL/dx, dL/dW, dL/db, dL/dV) of :func:`lean_layer_forward`, each in its input's dtype; S0 is recomputed.
+
+    dL/dx is computed in full (both its paths) only if ``need_x``; dL/dV is None unless ``need_filters``.
+    """
+    dtype = _promoted_dtype(source_weight, source_bias, filters)
+    with autocast_disabled(x):
+        observation, weight = x.to(dtype), source_weight.to(dtype)
+        source = initial_source_channels_last(observation, weight, source_bias.to(dtype))
+        grad_observation, grad_source, grad_filters = _lean_backward(
+            grad_output, observation, source, filters, groups, iterations, eps, dtype, need_x, need_filters
+        )
+        grad_x, grad_weight, grad_bias = _initial_source_backward(grad_source, observation, source, weight)
+        if grad_observation is not None:
+            grad_x = grad_x.add_(grad_observation)
+    return (
+        grad_x.to(x.dtype),
+        grad_weight.to(source_weight.dtype),
+        grad_bias.to(source_bias.dtype),
+        grad_filters.to(filters.dtype) if grad_filters is not None else None,
+    )
+
+
+class LeanNDCLayer(torch.autograd.Function):
+    """The NDC layer of section III.F: S0 = ReLU(PointwiseConv(X)), then eq. (7); saves only X and the weights.
+
+    Like :class:`LeanNDCUpdate`, but S0 (R*C channels) is recomputed in backward from X instead of
+    being saved, and X is saved in the dtype it arrives in (fp16 under autocast), not as a float32
+    copy: the layer keeps nothing for backward beyond its input and parameters. The pointwise
+    convolution costs 2 * C * R*C FLOPs per voxel again in backward, a fraction of eq. (7)'s.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: Tensor,
+        source_weight: Tensor,
+        source_bias: Tensor,
+        filters: Tensor,
+        groups: int,
+        iterations: int,
+        eps: float,
+    ) -> Tensor:
+        ctx.save_for_backward(x, source_weight, source_bias, filters)
+        ctx.settings = (groups, iterations, eps)  # type: ignore[attr-defined]
+        return lean_layer_forward(x, source_weight, source_bias, filters, groups, iterations, eps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        need_x, need_weight, need_bias, need_filters = ctx.needs_input_grad[:4]
+        grad_x, grad_weight, grad_bias, grad_filters = lean_layer_backward(
+            grad_output, *ctx.saved_tensors, *ctx.settings, need_x=need_x, need_filters=need_filters
+        )
+        return (
+            grad_x if need_x else None,
+            grad_weight if need_weight else None,
+            grad_bias if need_bias else None,
+            grad_filters,
+            None,
+            None,
+            None,
+        )

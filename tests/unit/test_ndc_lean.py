@@ -53,20 +53,24 @@ def _functional_values(update, x: Tensor, s0: Tensor, v: Tensor, grad: Tensor, g
     return (out, *torch.autograd.grad(out, (x, s0, v), grad))
 
 
-@pytest.mark.parametrize("slabs", ["whole", "one-plane"])
+@pytest.mark.parametrize("slabs", ["whole", "one-plane", "device", "device-one-plane"])
 @pytest.mark.parametrize("dims,groups,ratio,kernel,iterations", GRID)
 def test_update_and_gradients_equal_plain_autograd(dims, groups, ratio, kernel, iterations, slabs, monkeypatch) -> None:
-    """ndc_update_lean == ndc_update: S^(T) and dL/dX, dL/dS0, dL/dV for a random dL/dS^(T) (float64)."""
-    if slabs == "one-plane":
-        monkeypatch.setattr(ndc_lean, "_SLAB_BYTES", 1)
+    """ndc_update_lean == ndc_update: S^(T) and dL/dX, dL/dS0, dL/dV for a random dL/dS^(T) (float64),
+    with the CPU strategy (per batch element) and the device strategy (whole batch, one slab or one plane each)."""
+    monkeypatch.setattr(ndc_lean, "_SLAB_BYTES" if slabs == "one-plane" else "_DEVICE_SLAB_BYTES", 1)
+    if slabs.startswith("device"):
+        monkeypatch.setattr(ndc_lean, "_forced_strategy", ["device"])
+        if slabs == "device":
+            monkeypatch.setattr(ndc_lean, "_DEVICE_SLAB_BYTES", 2**40)
     torch.manual_seed(0)
     size, source_channels = SIZES[dims], ratio * CHANNELS
     x = torch.rand(2, CHANNELS, *size, dtype=torch.float64)
     s0 = torch.rand(2, source_channels, *size, dtype=torch.float64)
     v = torch.rand(CHANNELS, source_channels // groups, *_kernel(dims, kernel), dtype=torch.float64)
     grad = torch.randn(2, source_channels, *size, dtype=torch.float64)
-    if slabs == "one-plane":
-        assert len(list(ndc_lean._slabs(s0))) == 2 * size[0]  # really one plane per slab
+    expected_slabs = {"whole": 2, "one-plane": 2 * size[0], "device": 1, "device-one-plane": size[0]}[slabs]
+    assert len(list(ndc_lean._slabs(s0))) == expected_slabs  # per batch element on CPU, whole batch on devices
     lean = _functional_values(ndc_update_lean, x, s0, v, grad, groups, iterations)
     plain = _functional_values(ndc_update, x, s0, v, grad, groups, iterations)
     _assert_same(lean, plain)
@@ -147,8 +151,9 @@ def _saved_bytes(layer: NonnegativeDeconvolution, x: Tensor) -> int:
 
 @pytest.mark.parametrize("dims,size", [(2, (32, 24)), (3, (12, 16, 10))])
 @pytest.mark.parametrize("iterations", [1, 2])
-def test_lean_layer_saves_at_most_the_source_and_the_filters(dims, size, iterations) -> None:
-    """Default layer: saved <= 4U (S0 with R = 4) + the parameters' size; the plain graph saves ~13U."""
+def test_lean_layer_saves_only_its_input_and_parameters(dims, size, iterations) -> None:
+    """Default layer: nothing saved beyond the input (excluded here) and the parameters (S0 is recomputed);
+    the plain graph saves ~13U."""
     torch.manual_seed(3)
     layer = NonnegativeDeconvolution(CHANNELS, dims, kernel_size=3, ratio=4, iterations=iterations)
     x = torch.rand(2, CHANNELS, *size, requires_grad=True)
@@ -156,13 +161,13 @@ def test_lean_layer_saves_at_most_the_source_and_the_filters(dims, size, iterati
     parameter_bytes = sum(p.numel() * p.element_size() for p in layer.parameters())
     assert parameter_bytes < 0.05 * unit  # the bound below is about activations
     lean_saved = _saved_bytes(layer, x)
-    assert lean_saved <= 4 * unit + parameter_bytes
+    assert lean_saved <= parameter_bytes
 
     plain = NonnegativeDeconvolution(
         CHANNELS, dims, kernel_size=3, ratio=4, iterations=iterations, lean=False
     )
     plain.load_state_dict(layer.state_dict())
-    assert _saved_bytes(plain, x) > 3 * lean_saved  # ~13U (one iteration)
+    assert _saved_bytes(plain, x) > 12 * unit  # ~13U (one iteration)
 
 
 def test_meta_device_profiles_the_lean_memory_and_the_plain_flops() -> None:
@@ -179,7 +184,7 @@ def test_meta_device_profiles_the_lean_memory_and_the_plain_flops() -> None:
         flops.append(counter.get_total_flops())
     assert flops[0] == flops[1] > 0
     unit = x.numel() * x.element_size()
-    assert _saved_bytes(lean, x) <= 4 * unit + sum(p.numel() * p.element_size() for p in lean.parameters())
+    assert _saved_bytes(lean, x) <= sum(p.numel() * p.element_size() for p in lean.parameters()) < unit
     lean(x).sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape and lean.weight.grad.shape == lean.weight.shape
 
