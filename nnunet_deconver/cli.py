@@ -66,9 +66,12 @@ def _run_plan(args: argparse.Namespace) -> None:
 def _add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "profile",
-        help="parameters, FLOPs per voxel and activation memory, next to nnU-Net's PlainConvUNet",
-        description="Profiles a paper preset at a patch size, or a trained nnU-Net model folder at its plans' patch "
-        "and batch size, on PyTorch's meta device (no memory, seconds). FLOPs are 2 per multiply-accumulate; "
+        help="parameters, FLOPs, training-step memory and kernel launches, next to nnU-Net's own network",
+        description="Profiles a paper preset at a patch size, a trained nnU-Net model folder at its plans' patch "
+        "and batch size, or a trainer at nnU-Net's reference plans, without computing (meta device and fake "
+        "tensors: no memory, seconds): parameters, FLOPs, the activations one training step saves for backward and "
+        "its peak memory, in float32 and under fp16 autocast, and its kernel launches on the CUDA path. "
+        "--device cuda adds the peak of a real step. FLOPs are 2 per multiply-accumulate; "
         "the 'Deconver conv.' column follows the Deconver paper: it leaves out the NDC-internal convolutions and "
         "counts elementwise operations (docs/deconver.md); the full count, NMF products included, is the "
         "Factorizer paper's convention (docs/factorizer.md).",
@@ -77,6 +80,12 @@ def _add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--preset", help="a paper preset, e.g. deconver-isles22-k3")
     source.add_argument("-m", "--model-folder", type=Path,
                         help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
+    source.add_argument("-tr", "--trainer", help="with --reference-plans: a trainer, e.g. nnUNetTrainerDeconver")
+    parser.add_argument("--reference-plans", choices=["3d_fullres", "2d"],
+                        help="with -tr: nnU-Net's plans for a typical dataset (3d_fullres: 128^3, batch 2, 6 stages; "
+                        "2d: 512^2, batch 12, 8 stages)")
+    parser.add_argument("--resenc", action="store_true", help="with --reference-plans: the ResEnc M plans")
+    parser.add_argument("--device", help="also run one real fp16 training step there and report its peak (cuda)")
     parser.add_argument("--patch-size", type=int, nargs="+", help="with --preset: the input size, e.g. 64 64 64")
     parser.add_argument("--input-channels", type=int, default=1, help="with --preset (default: 1)")
     parser.add_argument("--num-classes", type=int, default=2, help="with --preset (default: 2)")
@@ -86,8 +95,10 @@ def _add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_profile(args: argparse.Namespace) -> None:
     from nnunet_deconver.analysis.report import profile_report
 
-    print(profile_report(preset=args.preset, model_folder=args.model_folder, patch_size=tuple(args.patch_size or ()),
-                         input_channels=args.input_channels, num_classes=args.num_classes, batch_size=args.batch_size))
+    print(profile_report(preset=args.preset, model_folder=args.model_folder, trainer=args.trainer,
+                         reference_plans=args.reference_plans, resenc=args.resenc,
+                         patch_size=tuple(args.patch_size or ()), input_channels=args.input_channels,
+                         num_classes=args.num_classes, batch_size=args.batch_size, device=args.device))
 
 
 PREDICT_DESCRIPTION = (

@@ -6,5 +6,7 @@ from nnunet_deconver.nnunet.trainers.deconver import (  # noqa: F401  (re-export
     nnUNetTrainerDeconver_demo,
     nnUNetTrainerDeconver_k3,
     nnUNetTrainerDeconver_k5,
+    nnUNetTrainerDeconver_noCheckpointing,
+    nnUNetTrainerDeconver_selectiveCheckpointing,
     nnUNetTrainerDeconver_smoke,
 )

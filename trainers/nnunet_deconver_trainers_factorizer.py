@@ -5,5 +5,7 @@ from nnunet_deconver.nnunet.trainers.factorizer import (  # noqa: F401  (re-expo
     nnUNetTrainerFactorizerLocal,
     nnUNetTrainerFactorizerSwin,
     nnUNetTrainerFactorizerSwin_demo,
+    nnUNetTrainerFactorizerSwin_noCheckpointing,
+    nnUNetTrainerFactorizerSwin_selectiveCheckpointing,
     nnUNetTrainerFactorizerSwin_smoke,
 )

@@ -1,4 +1,4 @@
-"""Parameters, FLOPs per voxel and activation memory of a network, on any device including 'meta'.
+"""Parameters and FLOPs per voxel of a network, on any device including 'meta' (memory: :mod:`training_step_cost`).
 
 FLOP conventions (both count 2 FLOPs per multiply-accumulate):
 
@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_deconver.analysis.memory import saved_tensor_bytes
 from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
 
 ELEMENTWISE_OPS = frozenset({
@@ -37,7 +36,6 @@ class Complexity:
     flops: int
     paper_flops: int
     voxels: int
-    activation_bytes: int
 
     @property
     def flops_per_voxel(self) -> float:
@@ -82,7 +80,7 @@ def _ndc_internal_flops(network: nn.Module) -> tuple[list[int], list[torch.utils
 
 
 def measure_complexity(network: nn.Module, input_shape: tuple[int, ...], device: str = "meta") -> Complexity:
-    """Profile one forward pass (FLOPs) and one loss graph (saved activations) of ``network``.
+    """Profile one forward pass of ``network``: parameters and FLOPs.
 
     Args:
         network: the model; its parameters must live on ``device``.
@@ -100,14 +98,9 @@ def measure_complexity(network: nn.Module, input_shape: tuple[int, ...], device:
             handle.remove()
     full = flop_counter.get_total_flops()
 
-    def loss() -> Tensor:
-        output = network(x)
-        return sum(o.float().sum() for o in output) if isinstance(output, (list, tuple)) else output.float().sum()
-
     return Complexity(
         parameters=sum(p.numel() for p in network.parameters()),
         flops=full,
         paper_flops=full - ndc_flops[0] + elementwise.elements,
         voxels=voxels,
-        activation_bytes=saved_tensor_bytes(loss, exclude=network.parameters()),
     )

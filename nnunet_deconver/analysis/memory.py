@@ -10,10 +10,8 @@ from torch import Tensor
 
 
 def _storage_key(tensor: Tensor) -> int:
-    """One key per storage; meta tensors have no addresses, so there each tensor (or its view base) counts once."""
-    if tensor.is_meta:
-        return id(tensor if tensor._base is None else tensor._base)
-    return tensor.untyped_storage().data_ptr()
+    """One key per storage (the address of its StorageImpl): views share it, also on meta and fake tensors."""
+    return tensor.untyped_storage()._cdata
 
 
 def saved_tensor_bytes(step: Callable[[], Any], exclude: Iterable[Tensor] = ()) -> int:
@@ -34,6 +32,4 @@ def saved_tensor_bytes(step: Callable[[], Any], exclude: Iterable[Tensor] = ()) 
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         step()
-    return sum(
-        t.numel() * t.element_size() if t.is_meta else t.untyped_storage().nbytes() for t in storages.values()
-    )
+    return sum(t.untyped_storage().nbytes() for t in storages.values())

@@ -28,6 +28,12 @@ from dynamic_network_architectures.building_blocks.helper import (
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_deconver.architectures.activation_checkpointing import (
+    DEFAULT_CHECKPOINTING,
+    StageSequence,
+    check_checkpointing_mode,
+    checkpoints_level,
+)
 from nnunet_deconver.architectures.dtc_settings import UpsamplerFactory, dtc_upsampler_factory
 from nnunet_deconver.architectures.hyperparameter_checks import (
     check_flag,
@@ -86,6 +92,7 @@ class UNetEncoder(nn.Module):
         *,
         stem_bias: bool,
         downsampling_bias: bool,
+        activation_checkpointing: str,
     ) -> None:
         super().__init__()
         self.stem = conv_op(
@@ -102,8 +109,11 @@ class UNetEncoder(nn.Module):
             elif any(s != 1 for s in stride):
                 raise ValueError(f"The first stage must not downsample; plans give stride {stride} there.")
             spec = StageSpec(level, channels, kernel, in_decoder=False)
+            first_block = len(layers)
             layers += [block_factory(spec) for _ in range(blocks_per_stage[level])]
-            stages.append(nn.Sequential(*layers))
+            stages.append(StageSequence(
+                layers, first_block=first_block, checkpointed=checkpoints_level(activation_checkpointing, level)
+            ))
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -131,16 +141,23 @@ class UNetDecoder(nn.Module):
         deep_supervision: bool,
         *,
         fusion_bias: bool,
+        activation_checkpointing: str,
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
         upsamplers, fusions, stages, heads = [], [], [], []
         for level in reversed(range(len(features) - 1)):
             channels = features[level]
-            upsamplers.append(upsampler_factory(features[level + 1], channels, strides[level + 1]))
+            upsampler = upsampler_factory(features[level + 1], channels, strides[level + 1])
+            if hasattr(upsampler, "checkpointed"):  # DTC: keeps only its input, as the blocks do
+                upsampler.checkpointed = checkpoints_level(activation_checkpointing, level)
+            upsamplers.append(upsampler)
             fusions.append(conv_op(2 * channels, channels, kernel_size=1, bias=fusion_bias))
             spec = StageSpec(level, channels, kernel_sizes[level], in_decoder=True)
-            stages.append(nn.Sequential(*[block_factory(spec) for _ in range(blocks_per_stage[level])]))
+            stages.append(StageSequence(
+                [block_factory(spec) for _ in range(blocks_per_stage[level])], first_block=0,
+                checkpointed=checkpoints_level(activation_checkpointing, level),
+            ))
             heads.append(conv_op(channels, num_classes, kernel_size=1))
         self.upsamplers = nn.ModuleList(upsamplers)
         self.fusions = nn.ModuleList(fusions)
@@ -206,6 +223,8 @@ class UNetScaffold(nn.Module):
             transposed convolutions; ``None`` keeps transposed convolutions with kernel = stride.
         stem_bias, downsampling_bias, fusion_bias: biases of the stem, of the encoder's strided
             convolutions and of the decoder's skip-fusion pointwise convolutions.
+        activation_checkpointing: 'off', 'selective' or 'full': which blocks recompute their
+            activations in backward instead of keeping them (:mod:`activation_checkpointing`).
     """
 
     internal_arguments: ClassVar[frozenset[str]] = frozenset({"block_factory"})
@@ -229,8 +248,10 @@ class UNetScaffold(nn.Module):
         stem_bias: bool = True,
         downsampling_bias: bool = True,
         fusion_bias: bool = True,
+        activation_checkpointing: str = DEFAULT_CHECKPOINTING,
     ) -> None:
         super().__init__()
+        check_checkpointing_mode(activation_checkpointing)
         check_integer("n_stages", n_stages, minimum=2, meaning="a U-Net's number of stages", example=4)
         features = stage_features(features_per_stage, n_stages)
         biases = {"stem_bias": stem_bias, "downsampling_bias": downsampling_bias, "fusion_bias": fusion_bias}
@@ -248,11 +269,12 @@ class UNetScaffold(nn.Module):
         self.size_divisor = tuple(math.prod(axis) for axis in zip(*stride_list))
         self.encoder = UNetEncoder(
             input_channels, features, conv_op, kernels, stride_list, block_factory, encoder_blocks,
-            stem_bias=stem_bias, downsampling_bias=downsampling_bias,
+            stem_bias=stem_bias, downsampling_bias=downsampling_bias, activation_checkpointing=activation_checkpointing,
         )
         self.decoder = UNetDecoder(
             features, conv_op, kernels, stride_list, num_classes, block_factory, decoder_blocks,
             upsampler_factory, deep_supervision, fusion_bias=fusion_bias,
+            activation_checkpointing=activation_checkpointing,
         )
 
     def parameter_count(self, *, heads: int | None = None) -> int:

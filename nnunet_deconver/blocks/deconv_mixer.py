@@ -8,6 +8,7 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_deconver.layers.compute import autocast_disabled
 from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
 
 
@@ -15,7 +16,8 @@ class DeconvMixer(nn.Module):
     """PointwiseConv -> ReLU -> NDC -> PointwiseConv, eq. (6).
 
     The NDC layer expands the channels to R*C; the last pointwise convolution maps them back to C,
-    so the mixer's output has the shape of its input.
+    so the mixer's output has the shape of its input. Under autocast the NDC and the last
+    projection compute in float32 (the NDC's output is not bounded by fp16's range); the output is float32.
 
     Args:
         channels: C.
@@ -53,4 +55,8 @@ class DeconvMixer(nn.Module):
         self.project_out = conv_op(self.ndc.out_channels, channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project_out(self.ndc(self.activation(self.project_in(x))))
+        sources = self.ndc(self.activation(self.project_in(x)))
+        # The NDC's float32 output can exceed fp16's range (65504) where eq. (7) amplifies: the output
+        # projection stays in the float32 island instead of letting autocast cast its input to fp16.
+        with autocast_disabled(sources):
+            return self.project_out(sources)

@@ -1,13 +1,21 @@
 """Where the layers compute: full-precision islands inside autocast and the channels-last layout.
 
 The multiplicative updates and coordinates (NDC, NMF, DTC) run in float32 (float64 for float64
-inputs) even when nnU-Net trains under fp16 autocast; the NDC update works channels-last.
+inputs) even when nnU-Net trains under fp16 autocast; the NDC update works channels-last. On NVIDIA
+GPUs since Ampere, cuDNN runs float32 convolutions as TF32 (10-bit mantissa, PyTorch's default
+``torch.backends.cudnn.allow_tf32 = True``): the NDC's convolutions would then be about as precise as
+fp16. They run in true float32 unless ``NNUNET_DECONVER_NDC_TF32=1`` allows TF32 (faster).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 
 _CHANNELS_LAST: dict[int, torch.memory_format] = {2: torch.channels_last, 3: torch.channels_last_3d}
 
@@ -15,6 +23,11 @@ _CHANNELS_LAST: dict[int, torch.memory_format] = {2: torch.channels_last, 3: tor
 def autocast_disabled(tensor: Tensor) -> torch.autocast:
     """Context disabling autocast on ``tensor``'s device (meta, which has no autocast, as CPU)."""
     return torch.autocast("cpu" if tensor.is_meta else tensor.device.type, enabled=False)
+
+
+def is_fake(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a fake tensor (shapes only, as in profiling under FakeTensorMode)."""
+    return isinstance(tensor, FakeTensor)
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -30,3 +43,28 @@ def compute_memory_format(tensor: Tensor) -> torch.memory_format:
 def compute_layout(tensor: Tensor) -> Tensor:
     """``tensor`` in the compute layout, copying only if needed."""
     return tensor.contiguous(memory_format=compute_memory_format(tensor))
+
+
+TF32_VARIABLE = "NNUNET_DECONVER_NDC_TF32"
+
+
+def ndc_allows_tf32() -> bool:
+    """Whether ``NNUNET_DECONVER_NDC_TF32`` is 1 (TF32 for the NDC's float32 convolutions); default 0."""
+    value = os.environ.get(TF32_VARIABLE, "0").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{TF32_VARIABLE} must be 0 (true float32, the default) or 1 (TF32); got {value!r}.")
+    return value == "1"
+
+
+@contextmanager
+def ndc_convolution_precision(device: torch.device) -> Iterator[None]:
+    """On CUDA, cuDNN's TF32 switch as :func:`ndc_allows_tf32` says for the enclosed convolutions; restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = ndc_allows_tf32()
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous

@@ -35,6 +35,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torch import Tensor, nn
 
 from nnunet_deconver.layers.compute import autocast_disabled, compute_dtype
@@ -99,6 +100,8 @@ class DeformableTransposedConv(nn.Module):
         use_weights: multiply offsets by the learned weights (Table 4).
         weight_activation: "sigmoid" or None (Table 4 "weights without sigmoid").
         offset_activation: "tanh" or None (Table 4 "offsets only").
+        checkpointed: in training steps keep only the input for backward and recompute the rest
+            (activation checkpointing; values and gradients unchanged). Settable on a built module.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class DeformableTransposedConv(nn.Module):
         use_weights: bool = True,
         weight_activation: Literal["sigmoid"] | None = "sigmoid",
         offset_activation: Literal["tanh"] | None = "tanh",
+        checkpointed: bool = False,
     ) -> None:
         super().__init__()
         stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
@@ -140,6 +144,7 @@ class DeformableTransposedConv(nn.Module):
             self.upsampling = _CONV[spatial_dims](in_channels, out_channels, kernel_size=1)
         self.features = _CONV[spatial_dims](in_channels, out_channels, kernel_size=1)
         self.coordinates = CoordinateBranch(in_channels, stride)
+        self.checkpointed = checkpointed
 
     def _upsample_base(self, x: Tensor) -> Tensor:
         if self.base_upsampling == "transposed":
@@ -147,15 +152,13 @@ class DeformableTransposedConv(nn.Module):
         return F.interpolate(self.upsampling(x), scale_factor=self.stride, mode=_INTERPOLATION[self.spatial_dims],
                              align_corners=False)
 
-    def _lambda_normalised(self, input_size: Sequence[int], like: Tensor) -> Tensor:
-        """lambda per axis in normalised units, in grid order (last axis first)."""
+    def _lambda_normalised(self, input_size: Sequence[int]) -> list[float]:
+        """lambda per axis (axis order) in normalised units: Python numbers, so no tensor is built on the host."""
         if self.receptive_field is None:
-            scale = [2.0] * self.spatial_dims
-        else:
-            voxels = self.receptive_field
-            voxels = [voxels] * self.spatial_dims if isinstance(voxels, (int, float)) else list(voxels)
-            scale = [2.0 * v / n for v, n in zip(voxels, input_size)]
-        return torch.tensor(scale[::-1], dtype=like.dtype, device=like.device)
+            return [2.0] * self.spatial_dims
+        voxels = self.receptive_field
+        voxels = [voxels] * self.spatial_dims if isinstance(voxels, (int, float)) else list(voxels)
+        return [2.0 * v / n for v, n in zip(voxels, input_size)]
 
     def displacement(self, x: Tensor) -> Tensor:
         """lambda * offset * weight of eq. (1): (B, *output_size, d) in normalised units, grid order.
@@ -170,8 +173,8 @@ class DeformableTransposedConv(nn.Module):
         if self.use_weights:
             offsets = offsets * (torch.sigmoid(weights) if self.weight_activation == "sigmoid" else weights)
         # channel a of the branch moves along spatial axis a; grid_sample wants the last axis first
-        per_voxel = offsets.movedim(1, -1).flip(-1)
-        return per_voxel * self._lambda_normalised(x.shape[2:], per_voxel)
+        scale = self._lambda_normalised(x.shape[2:])
+        return torch.stack([offsets[:, axis] * scale[axis] for axis in reversed(range(self.spatial_dims))], dim=-1)
 
     def sampling_grid(self, x: Tensor) -> Tensor:
         """P_new of eq. (1): (B, *output_size, d), normalised, grid order."""
@@ -180,6 +183,11 @@ class DeformableTransposedConv(nn.Module):
         return base_grid(output_size, displacement) + displacement
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.checkpointed and torch.is_grad_enabled():
+            return checkpoint(self._upsample, x, use_reentrant=False)
+        return self._upsample(x)
+
+    def _upsample(self, x: Tensor) -> Tensor:
         base = self._upsample_base(x)
         features = self.features(x)
         grid = self.sampling_grid(x)

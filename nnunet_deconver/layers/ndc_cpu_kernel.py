@@ -36,9 +36,8 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import FakeTensor
 
-from nnunet_deconver.layers.compute import compute_layout
+from nnunet_deconver.layers.compute import compute_layout, is_fake
 
 ENVIRONMENT_VARIABLE = "NNUNET_DECONVER_NDC_KERNEL"
 _MODES = ("auto", "torch", "cpp")
@@ -124,7 +123,7 @@ def unsupported_reason(observation: Tensor, filters: Tensor, groups: int, dtype:
     """Why the kernel cannot compute this call of eq. (7), or None if it can."""
     if observation.device.type != "cpu" or filters.device.type != "cpu":
         return f"device {observation.device.type}"
-    if isinstance(observation, FakeTensor):
+    if is_fake(observation):
         return "fake tensor (profiling)"
     if observation.dim() not in (4, 5):
         return f"{observation.dim() - 2}-D input (2-D and 3-D only)"

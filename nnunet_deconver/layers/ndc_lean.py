@@ -53,7 +53,12 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from nnunet_deconver.layers import ndc_cpu_kernel
-from nnunet_deconver.layers.compute import autocast_disabled, compute_layout, compute_memory_format
+from nnunet_deconver.layers.compute import (
+    autocast_disabled,
+    compute_layout,
+    compute_memory_format,
+    ndc_convolution_precision,
+)
 from nnunet_deconver.layers.ndc_operators import (
     CONVOLUTIONS,
     adjoint_filters,
@@ -183,6 +188,8 @@ def _merge_groups(weight: Tensor, groups: int, factor: int) -> Tensor:
     The merged convolution (``groups // factor`` groups) computes the same result: the added
     weights are zeros.
     """
+    if factor == 1:
+        return weight
     out_channels, inputs, *kernel = weight.shape
     blocks = weight.reshape(groups // factor, factor, out_channels // groups, inputs, *kernel)
     merged = weight.new_zeros(groups // factor, factor, out_channels // groups, factor, inputs, *kernel)
@@ -192,6 +199,8 @@ def _merge_groups(weight: Tensor, groups: int, factor: int) -> Tensor:
 
 def _split_groups(merged: Tensor, groups: int, factor: int) -> Tensor:
     """Inverse of :func:`_merge_groups`: the diagonal blocks (used to map weight gradients back)."""
+    if factor == 1:
+        return merged
     out_channels, merged_inputs, *kernel = merged.shape
     blocks = merged.reshape(groups // factor, factor, out_channels // groups, factor, merged_inputs // factor, *kernel)
     return blocks.diagonal(dim1=1, dim2=3).movedim(-1, 1).reshape(out_channels, merged_inputs // factor, *kernel)
@@ -205,9 +214,11 @@ class _Operators:
         groups: number of groups G.
         eps: the constant of eq. (7), added to A's output as a convolution bias.
         track_filter_grad: whether :meth:`accumulate_filter_grad` should accumulate dL/dV.
+        strategy: 'cpu' uses the depthwise form of F and merged groups of A (faster in oneDNN);
+            'device' the grouped convolutions as they are (fewest kernels, cuDNN's own grouping).
     """
 
-    def __init__(self, filters: Tensor, groups: int, eps: float, track_filter_grad: bool) -> None:
+    def __init__(self, filters: Tensor, groups: int, eps: float, track_filter_grad: bool, strategy: Strategy) -> None:
         channels, group_sources, *kernel = filters.shape
         self.channels = channels
         self.groups = groups
@@ -216,17 +227,20 @@ class _Operators:
         self.convolution = CONVOLUTIONS[filters.dim() - 2]
         # F: for G = C in channels-last layout, a depthwise convolution over the E source channels
         # followed by a sum over the R sources of each channel; otherwise the grouped convolution.
-        self.depthwise = groups == channels and filters.dim() > 3
+        on_cpu = strategy == "cpu"
+        layout = compute_layout if on_cpu else (lambda weight: weight)  # cuDNN takes the filters as they are
+        self.depthwise = on_cpu and groups == channels and filters.dim() > 3
         self.sources_per_channel = group_sources
         forward_filters = filters.reshape(channels * group_sources, 1, *kernel) if self.depthwise else filters
-        self.forward_filters = compute_layout(forward_filters)
+        self.forward_filters = layout(forward_filters)
         self.forward_groups = channels * group_sources if self.depthwise else groups
-        # A: cross-correlation with V^- (see ndc_adjoint), with merged groups.
-        self.merge = _merge_factor(groups, channels // groups)
+        # A: cross-correlation with V^- (see ndc_adjoint), with merged groups on the CPU.
+        self.merge = _merge_factor(groups, channels // groups) if on_cpu else 1
         self.adjoint_groups = groups // self.merge
-        self.adjoint_filters = compute_layout(_merge_groups(adjoint_filters(filters, groups), groups, self.merge))
+        self.adjoint_filters = layout(_merge_groups(adjoint_filters(filters, groups), groups, self.merge))
         self.eps_bias = filters.new_full((self.adjoint_filters.shape[0],), eps)
-        self.adjoint_filter_grad = torch.zeros_like(self.adjoint_filters) if track_filter_grad else None
+        self.track_filter_grad = track_filter_grad
+        self.filter_grads: dict[str, Tensor] = {}  # summed weight gradients of A ('adjoint') and of F ('forward')
 
     def _conv(self, inp: Tensor, weight: Tensor, groups: int, depth_padding: int, bias: Tensor | None = None) -> Tensor:
         return self.convolution(inp, weight, bias, padding=[depth_padding, *self.padding_rest], groups=groups)
@@ -267,23 +281,47 @@ class _Operators:
         offset = start - self.halo
         target[b0:b1, :, low:high] += out[:, :, low - offset : high - offset]
 
-    def accumulate_filter_grad(self, planes: _Planes, grad: Tensor) -> None:
-        """Add K(grad, planes): the gradient of <grad, A(planes)> w.r.t. the filters (planes from :func:`_halo`)."""
-        if self.adjoint_filter_grad is None:
-            return
+    def _backward(self, grad: Tensor, planes: _Planes, operator: str, need_input: bool) -> Tensor | None:
+        """The input gradient of ``operator`` (A or F) at ``grad`` if ``need_input``; adds its filter gradient."""
+        weight, groups = (
+            (self.adjoint_filters, self.adjoint_groups) if operator == "adjoint"
+            else (self.forward_filters, self.forward_groups)
+        )
+        if not (need_input or self.track_filter_grad):
+            return None
         slab, depth_padding = planes
         dims = grad.dim() - 2
-        _, weight_grad, _ = torch.ops.aten.convolution_backward(
-            grad, slab, self.adjoint_filters, None, [1] * dims, [depth_padding, *self.padding_rest], [1] * dims,
-            False, [0] * dims, self.adjoint_groups, [False, True, False],
+        input_grad, weight_grad, _ = torch.ops.aten.convolution_backward(
+            grad, slab, weight, None, [1] * dims, [depth_padding, *self.padding_rest], [1] * dims,
+            False, [0] * dims, groups, [need_input, self.track_filter_grad, False],
         )
-        self.adjoint_filter_grad.add_(weight_grad)
+        if self.track_filter_grad:
+            total = self.filter_grads.get(operator)
+            self.filter_grads[operator] = weight_grad if total is None else total.add_(weight_grad)
+        return input_grad
+
+    def accumulate_filter_grad(self, planes: _Planes, grad: Tensor) -> None:
+        """Add K(grad, planes): the gradient of <grad, A(planes)> w.r.t. the filters (planes from :func:`_halo`)."""
+        self._backward(grad, planes, "adjoint", need_input=False)
+
+    def adjoint_backward(self, grad: Tensor, planes: _Planes, need_input: bool) -> Tensor | None:
+        """A^T(grad) = F(grad) for the planes' whole extent (if ``need_input``); adds K(grad, planes)."""
+        return self._backward(grad, planes, "adjoint", need_input)
+
+    def forward_model_backward(self, grad: Tensor, planes: _Planes) -> Tensor:
+        """F^T(grad) = A(grad); adds K(planes, grad), the gradient of <grad, F(planes)> (not for the depthwise F)."""
+        assert not self.depthwise
+        input_grad = self._backward(grad, planes, "forward", need_input=True)
+        assert input_grad is not None
+        return input_grad
 
     def filter_grad(self) -> Tensor:
-        """dL/dV from the accumulated gradient w.r.t. the (merged) adjoint filters."""
-        assert self.adjoint_filter_grad is not None
+        """dL/dV from the accumulated gradients w.r.t. the (merged) adjoint filters and the filters of F."""
         # V -> V^- is a permutation and an involution, so it maps the gradient back as well.
-        return adjoint_filters(_split_groups(self.adjoint_filter_grad, self.groups, self.merge), self.groups)
+        parts = [adjoint_filters(_split_groups(self.filter_grads["adjoint"], self.groups, self.merge), self.groups)]
+        if "forward" in self.filter_grads:
+            parts.append(self.filter_grads["forward"])
+        return sum(parts[1:], parts[0])
 
 
 def _update_step(ops: _Operators, observation: Tensor, source: Tensor) -> Tensor:
@@ -346,7 +384,7 @@ def _lean_forward(
         return ndc_update(observation.to(dtype), source.to(dtype), filters.to(dtype), groups, iterations, eps)
     if _strategy(observation) == "cpu" and ndc_cpu_kernel.use_kernel(observation, filters, groups, dtype):
         return ndc_cpu_kernel.update(observation, source, filters.to(dtype), iterations, eps)
-    ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=False)
+    ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=False, strategy=_strategy(observation))
     obs = compute_layout(observation.to(dtype))
     out = compute_layout(source.to(dtype))
     for _ in range(iterations):
@@ -371,16 +409,44 @@ def _lean_backward(
         return ndc_cpu_kernel.update_backward(
             grad_output, observation, source, filters.to(dtype), iterations, eps, need_observation, need_filters
         )
-    ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=need_filters)
+    ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=need_filters, strategy=_strategy(observation))
     obs = compute_layout(observation.to(dtype))
     sources = [compute_layout(source.to(dtype))]
     for _ in range(iterations - 1):  # intermediate sources, alive during this backward only
         sources.append(_update_step(ops, obs, sources[-1]))
     grad_obs = torch.zeros_like(obs) if need_observation else None  # summed over the iterations
     grad = compute_layout(grad_output.to(dtype))
+    step_backward = _update_step_backward_whole if _is_one_device_slab(sources[0]) else _update_step_backward
     while sources:
-        grad = _update_step_backward(ops, grad, obs, sources.pop(), grad_obs)
+        grad = step_backward(ops, grad, obs, sources.pop(), grad_obs)
     return grad_obs, grad, ops.filter_grad() if need_filters else None
+
+
+def _update_step_backward_whole(
+    ops: _Operators, grad: Tensor, observation: Tensor, source: Tensor, grad_observation: Tensor | None
+) -> Tensor:
+    """:func:`_update_step_backward` for a source that is one slab (device strategy), without scatters.
+
+    Every transposed operator comes with its filter gradient from one ``convolution_backward``:
+    dL/dX = A^T(dL/dN) with K(dL/dN, X), F(dL/dD) = A^T(dL/dD) with K(dL/dD, Y), and
+    A(F(dL/dD)) = F^T(F(dL/dD)) with K(S, F(dL/dD)).
+    """
+    observation_planes, source_planes = (observation, ops.halo), (source, ops.halo)
+    forward = ops.forward_model(source, ops.halo)
+    forward_planes = (forward, ops.halo)
+    grad_source, grad_numerator, grad_denominator = source_times_ratio_grads(
+        grad, source, ops.adjoint(observation_planes, add_eps=True), ops.adjoint(forward_planes, add_eps=True)
+    )
+    grad_from_numerator = ops.adjoint_backward(grad_numerator, observation_planes, grad_observation is not None)
+    if grad_observation is not None:
+        grad_observation.add_(grad_from_numerator)
+    forward_of_grad_denominator = ops.adjoint_backward(grad_denominator, forward_planes, need_input=True)
+    return grad_source.add_(ops.forward_model_backward(forward_of_grad_denominator, source_planes))
+
+
+def _is_one_device_slab(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is processed as one slab by the device strategy."""
+    return _strategy(tensor) == "device" and len(list(_slabs(tensor))) == 1
 
 
 class LeanNDCUpdate(torch.autograd.Function):
@@ -465,7 +531,7 @@ def lean_layer_forward(
 ) -> Tensor:
     """S0 = ReLU(PointwiseConv(x)) and eq. (7), computed in float32 (float64 for float64 weights), autocast off."""
     dtype = _promoted_dtype(source_weight, source_bias, filters)
-    with autocast_disabled(x):
+    with autocast_disabled(x), ndc_convolution_precision(x.device):
         observation = x.to(dtype)
         source = initial_source_channels_last(observation, source_weight.to(dtype), source_bias.to(dtype))
         return _lean_forward(observation, source, filters, groups, iterations, eps, dtype)
@@ -488,7 +554,7 @@ def lean_layer_backward(
     dL/dx is computed in full (both its paths) only if ``need_x``; dL/dV is None unless ``need_filters``.
     """
     dtype = _promoted_dtype(source_weight, source_bias, filters)
-    with autocast_disabled(x):
+    with autocast_disabled(x), ndc_convolution_precision(x.device):
         observation, weight = x.to(dtype), source_weight.to(dtype)
         source = initial_source_channels_last(observation, weight, source_bias.to(dtype))
         grad_observation, grad_source, grad_filters = _lean_backward(

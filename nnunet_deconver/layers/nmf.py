@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nnunet_deconver.layers.compute import autocast_disabled, compute_dtype
+from nnunet_deconver.layers.compute import autocast_disabled, compute_dtype, is_fake
 
 Solver = Literal["mu", "hals"]
 SOLVERS: tuple[str, ...] = ("mu", "hals")
@@ -60,6 +60,8 @@ def initial_factor(rows: int, rank: int, which: Literal["F", "G"], like: Tensor)
     """
     if torch.compiler.is_compiling():
         return _initial_factor_op(like.detach(), rows, rank, which)
+    if is_fake(like):  # shapes only (profiling): nothing to draw, nothing to cache across fake modes
+        return like.new_empty(rows, rank)
     return _cached_initial_factor(rows, rank, which, like)
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from nnunet_deconver.analysis.complexity import measure_complexity
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.nnunet.presets import load_preset
-from nnunet_deconver.nnunet.profiling import preset_networks
+from nnunet_deconver.nnunet.profiling import meta_networks, preset_target
 
 # preset, patch, input channels, classes, paper params (M, as printed), paper FLOPs/voxel (K)
 MAIN_CONFIGURATIONS = [
@@ -53,7 +53,7 @@ def assert_matches_printed(parameters: int, printed_m: str) -> None:
 
 @pytest.mark.parametrize(("preset", "patch", "channels", "classes", "params_m", "flops_k"), MAIN_CONFIGURATIONS)
 def test_paper_configurations(preset, patch, channels, classes, params_m, flops_k) -> None:
-    network, _ = preset_networks(load_preset(preset), patch, channels, classes)
+    network, _ = meta_networks(preset_target(load_preset(preset), patch, channels, classes, 1))
     assert_matches_printed(network.parameter_count(heads=1), params_m)
     complexity = measure_complexity(network, (1, channels, *patch))
     assert complexity.paper_flops_per_voxel / 1e3 == pytest.approx(flops_k, rel=0.02)
@@ -62,7 +62,7 @@ def test_paper_configurations(preset, patch, channels, classes, params_m, flops_
 @pytest.mark.parametrize(("preset", "parameters"), REFERENCE_PARAMETERS.items())
 def test_paper_presets_have_exactly_the_reference_parameters(preset: str, parameters: int) -> None:
     """ISLES'22 (Table I): exactly the authors' network, counted with its single full-resolution head."""
-    network, _ = preset_networks(load_preset(preset), (64, 64, 64), 2, 1)
+    network, _ = meta_networks(preset_target(load_preset(preset), (64, 64, 64), 2, 1, 1))
     assert network.parameter_count(heads=1) == parameters
     assert len(network.decoder.heads) == 3  # nnU-Net's deep supervision keeps one head per decoder stage
 
@@ -103,5 +103,5 @@ def test_a_second_ndc_iteration_costs_what_the_paper_reports() -> None:
 
 def test_nnunet_baseline_matches_the_papers_nnunet_parameter_count() -> None:
     """Table I lists nnU-Net with 22.4 M parameters on the ISLES'22 topology."""
-    _, baseline = preset_networks(load_preset("deconver-isles22-k3"), (64, 64, 64), 2, 2)
+    _, baseline = meta_networks(preset_target(load_preset("deconver-isles22-k3"), (64, 64, 64), 2, 2, 1))
     assert sum(p.numel() for p in baseline.parameters()) / 1e6 == pytest.approx(22.4, rel=0.005)

@@ -7,7 +7,7 @@ import pytest
 from nnunet_deconver.analysis.complexity import measure_complexity
 from nnunet_deconver.layers.positional_embedding import PositionalEmbedding
 from nnunet_deconver.nnunet.presets import load_preset
-from nnunet_deconver.nnunet.profiling import preset_networks
+from nnunet_deconver.nnunet.profiling import meta_networks, preset_target
 
 KINDS = ("global", "local", "swin")
 
@@ -33,7 +33,8 @@ def paper_complexity() -> dict[str, object]:
     results = {}
     for dataset, (patch, channels, classes) in {"brats": BRATS, "isles22": ISLES22}.items():
         for kind in KINDS:
-            network, _ = preset_networks(load_preset(f"factorizer-{dataset}-{kind}"), patch, channels, classes)
+            preset = load_preset(f"factorizer-{dataset}-{kind}")
+            network, _ = meta_networks(preset_target(preset, patch, channels, classes, 1))
             complexity = measure_complexity(network, (1, channels, *patch))
             results[f"{dataset}-{kind}"] = (network.parameter_count(heads=3), complexity)
     return results
@@ -62,7 +63,7 @@ def test_the_shifted_window_costs_what_the_paper_reports(paper_complexity) -> No
 
 def test_brats_preset_is_the_papers_topology(paper_complexity) -> None:
     """Guard for the numbers above: 5 stages, C = 32 .. 512, E = 8, window 8, embedding at 8^3."""
-    network, _ = preset_networks(load_preset("factorizer-brats-swin"), *BRATS)
+    network, _ = meta_networks(preset_target(load_preset("factorizer-brats-swin"), *BRATS, 1))
     layers = network.nmf_layers()
     assert len(layers) == 9  # the paper's layers 1-9 (Fig. 8)
     assert [layer.project_in.in_channels for layer in layers] == [32, 64, 128, 256, 512, 256, 128, 64, 32]

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nnunet_deconver.architectures.dtc_settings import check_dtc_settings, dtc_upsampler_factory
 from nnunet_deconver.layers.dtc import CoordinateBranch, DeformableTransposedConv, base_grid
@@ -402,3 +403,36 @@ def test_cpu_autocast_computes_coordinates_and_sampling_in_fp32(size, stride, dt
     assert torch.isfinite(out).all()
     error = (out.float() - reference).norm() / reference.norm()
     assert error < 16 * {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[dtype]
+
+
+class _HostTensorRecorder(TorchDispatchMode):
+    """Records every aten op that reads or makes a tensor on the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host_ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in (*args, *(kwargs or {}).values(), out) if isinstance(t, Tensor)]
+        if any(t.device.type == "cpu" for t in tensors):
+            self.host_ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("receptive_field", [1.0, [1.0, 2.0, 3.0], None])
+def test_forward_and_backward_build_no_host_tensor(receptive_field, monkeypatch) -> None:
+    """On an accelerator a host tensor in the forward means a copy and a sync per step: on 'meta' (standing
+    in for CUDA) no op of a DTC forward and backward touches the CPU, and no tensor is made from Python data."""
+    with torch.device("meta"):
+        dtc = DeformableTransposedConv(4, 2, (1, 2, 2), receptive_field=receptive_field)
+        x = torch.empty(2, 4, 3, 4, 5, requires_grad=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was built from host data in the forward pass")
+
+    for constructor in ("tensor", "as_tensor", "from_numpy"):
+        monkeypatch.setattr(torch, constructor, refuse)
+    with _HostTensorRecorder() as recorder:
+        dtc(x).sum().backward()
+    assert recorder.host_ops == []

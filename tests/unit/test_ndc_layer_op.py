@@ -16,6 +16,7 @@ from torch._dynamo.backends.common import aot_autograd
 import nnunet_deconver.layers.ndc_lean as ndc_lean
 from nnunet_deconver.analysis.memory import saved_tensor_bytes
 from nnunet_deconver.blocks.deconv_mixer import DeconvMixer
+from nnunet_deconver.layers.compute import TF32_VARIABLE, ndc_allows_tf32, ndc_convolution_precision
 
 CHANNELS = 4
 
@@ -84,3 +85,26 @@ def test_layer_saves_its_input_in_the_autocast_dtype() -> None:
         assert ndc_input.dtype == torch.float16
         saved = saved_tensor_bytes(lambda: mixer.ndc(ndc_input.requires_grad_()), exclude=mixer.parameters())
     assert saved == ndc_input.numel() * 2 + sum(p.numel() * 4 for p in (mixer.ndc.weight,))
+
+
+@pytest.mark.parametrize("setting,expected", [(None, False), ("0", False), ("1", True)])
+@pytest.mark.parametrize("user_flag", [True, False])
+def test_ndc_convolutions_use_tf32_only_when_asked(setting, expected, user_flag, monkeypatch) -> None:
+    """On CUDA the NDC convolutions run in true float32 unless NNUNET_DECONVER_NDC_TF32=1; the user's own
+    cuDNN TF32 flag is restored afterwards, and other devices are left alone."""
+    if setting is None:
+        monkeypatch.delenv(TF32_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(TF32_VARIABLE, setting)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", user_flag)
+    with ndc_convolution_precision(torch.device("cuda")):
+        assert torch.backends.cudnn.allow_tf32 is expected
+    assert torch.backends.cudnn.allow_tf32 is user_flag
+    with ndc_convolution_precision(torch.device("cpu")):
+        assert torch.backends.cudnn.allow_tf32 is user_flag
+
+
+def test_invalid_tf32_setting_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv(TF32_VARIABLE, "yes")
+    with pytest.raises(ValueError, match="NNUNET_DECONVER_NDC_TF32 must be 0"):
+        ndc_allows_tf32()

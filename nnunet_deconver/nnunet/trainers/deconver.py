@@ -80,3 +80,15 @@ class nnUNetTrainerDeconver_demo(ScheduleOverride, nnUNetTrainerDeconver):
     """The short CPU schedule of ``nnunet-deconver demo`` (minutes on 2 cores)."""
 
     schedule = (12, 25, 5)
+
+
+class nnUNetTrainerDeconver_noCheckpointing(nnUNetTrainerDeconver):
+    """Deconver keeping every activation (no recomputation): fastest, most memory (CPU, or GPUs with room)."""
+
+    activation_checkpointing = "off"
+
+
+class nnUNetTrainerDeconver_selectiveCheckpointing(nnUNetTrainerDeconver):
+    """Deconver recomputing the activations of the two highest-resolution levels only."""
+
+    activation_checkpointing = "selective"

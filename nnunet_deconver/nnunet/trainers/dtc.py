@@ -116,3 +116,15 @@ class nnUNetTrainerDeconverDTC(nnUNetTrainerDeconver):
                 f"'dtc'; train these plans with nnUNetTrainerDeconver (or nnUNetTrainer), or derive plans with a "
                 f"deconver-dtc-* preset."
             )
+
+
+class nnUNetTrainerDTC_noCheckpointing(nnUNetTrainerDTC):
+    """nnU-Net's network with DTC keeping every activation (no recomputation): fastest, most memory (CPU, or GPUs with room)."""
+
+    activation_checkpointing = "off"
+
+
+class nnUNetTrainerDTC_selectiveCheckpointing(nnUNetTrainerDTC):
+    """nnU-Net's network with DTC recomputing the activations of the two highest-resolution levels only."""
+
+    activation_checkpointing = "selective"

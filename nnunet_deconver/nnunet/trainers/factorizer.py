@@ -72,3 +72,15 @@ class nnUNetTrainerFactorizerSwin_demo(ScheduleOverride, nnUNetTrainerFactorizer
     """The short CPU schedule of the demo dataset (minutes on 2 cores)."""
 
     schedule = (12, 25, 5)
+
+
+class nnUNetTrainerFactorizerSwin_noCheckpointing(nnUNetTrainerFactorizerSwin):
+    """Swin Factorizer keeping every activation (no recomputation): fastest, most memory (CPU, or GPUs with room)."""
+
+    activation_checkpointing = "off"
+
+
+class nnUNetTrainerFactorizerSwin_selectiveCheckpointing(nnUNetTrainerFactorizerSwin):
+    """Swin Factorizer recomputing the activations of the two highest-resolution levels only."""
+
+    activation_checkpointing = "selective"

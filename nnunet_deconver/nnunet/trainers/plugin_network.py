@@ -41,6 +41,9 @@ class nnUNetTrainerPluginNetwork(nnUNetTrainer):
 
     network_class: ClassVar[type[nn.Module] | None]
     shared_base: ClassVar[bool] = True  # not a trainer to run: trainer_classes() leaves it out (own attribute only)
+    activation_checkpointing: ClassVar[str | None] = None
+    """'off', 'selective' or 'full' to override the network's memory mode (None: the plans' or the default,
+    see :mod:`~nnunet_deconver.architectures.activation_checkpointing`); it changes memory and time, not results."""
 
     def __init__(
         self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -91,15 +94,19 @@ class nnUNetTrainerPluginNetwork(nnUNetTrainer):
         planned = planned_architecture(configuration_manager)
         entry = architecture_entry(planned["network_class_name"])
         if entry is None:
-            return cls.default_architecture(planned, configuration_manager)
-        if entry.cls is not cls.network_class:
+            architecture = cls.default_architecture(planned, configuration_manager)
+        elif entry.cls is not cls.network_class:
             trains = cls.network_class.__name__ if cls.network_class is not None else "nnU-Net's planned network"
             raise ValueError(
                 f"The plans prescribe {entry.cls.__name__} but {cls.__name__} trains {trains}; "
                 f"{cls.plans_mismatch_hint()}."
             )
-        cls.check_planned_architecture(planned["arch_kwargs"])
-        return planned
+        else:
+            cls.check_planned_architecture(planned["arch_kwargs"])
+            architecture = planned
+        if cls.activation_checkpointing is not None:
+            architecture["arch_kwargs"]["activation_checkpointing"] = cls.activation_checkpointing
+        return architecture
 
     @classmethod
     def build_network_architecture(

@@ -1,0 +1,25 @@
+"""The Deconv Mixer under fp16 autocast: the NDC's float32 output never passes through fp16 (eq. 6-7)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnunet_deconver.blocks.deconv_mixer import DeconvMixer
+
+
+def test_sources_beyond_fp16_range_give_a_finite_output_equal_to_float32() -> None:
+    torch.manual_seed(0)
+    mixer = DeconvMixer(4, nn.Conv2d, kernel_size=3, ratio=4)
+    with torch.no_grad():
+        mixer.ndc.weight.mul_(0.001)  # S1 ~ X / V: small filters put the sources far beyond fp16's 65504
+    x = 300.0 * torch.rand(1, 4, 12, 10)
+    sources = mixer.ndc(mixer.activation(mixer.project_in(x)))
+    assert sources.abs().max() > 4 * torch.finfo(torch.float16).max
+    reference = mixer(x)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = mixer(x)
+    assert torch.isfinite(out).all()
+    assert out.dtype == torch.float32
+    # the only fp16 step is the input projection, so fp16 round-off of X^1 (about 1e-3 relative) remains
+    torch.testing.assert_close(out, reference, rtol=2e-2, atol=2e-2 * reference.abs().max().item())
