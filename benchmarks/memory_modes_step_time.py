@@ -57,10 +57,13 @@ def baseline_tree(ref: str, scratch: Path) -> Path:
     return tree
 
 
-def run_variant(tree: Path, configuration: dict, trainer: str, repeats: int, threads: int) -> list[float]:
+def run_variant(tree: Path, trainer: str, configuration: dict, repeats: int, threads: int) -> list[float]:
+    """Step timings of ``trainer``'s network from the package in ``tree``, in a fresh process."""
     arguments = json.dumps([configuration, trainer, repeats, threads])
-    result = subprocess.run([sys.executable, "-c", _CHILD, arguments], check=True, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", _CHILD, arguments], capture_output=True, text=True,
                             env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}, cwd=tree)
+    if result.returncode != 0:
+        raise RuntimeError(f"{trainer} from {tree} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

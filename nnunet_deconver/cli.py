@@ -46,7 +46,11 @@ def _add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
                         "at most one 2D and one 3D preset")
     parser.add_argument("-p", "--source-plans", default="nnUNetPlans", help="plans to derive from (default: nnUNetPlans)")
     parser.add_argument("-o", "--plans-name", default=None,
-                        help="name of the new plans, used with nnU-Net's -p (default: nnUNetDeconverPlans)")
+                        help="name of the new plans, used with nnU-Net's -p (default: nnUNetDeconverPlans, with "
+                        "--gpu-memory-target nnUNetDeconverPlans_<GB>GB)")
+    parser.add_argument("--gpu-memory-target", type=float, metavar="GB",
+                        help="re-plan patch and batch size the way nnU-Net's planner does, for the preset's "
+                        "network: its estimated training-step peak (fp16) within GB GiB")
 
 
 def _run_plan(args: argparse.Namespace) -> None:
@@ -54,8 +58,9 @@ def _run_plan(args: argparse.Namespace) -> None:
     from nnunet_deconver.nnunet.presets import load_preset
 
     presets = [load_preset(name) for name in args.preset]
-    plans_name = args.plans_name or DEFAULT_DERIVED_PLANS
-    target = write_derived_plans(args.dataset, presets, args.source_plans, plans_name)
+    memory = args.gpu_memory_target
+    plans_name = args.plans_name or (DEFAULT_DERIVED_PLANS if memory is None else f"{DEFAULT_DERIVED_PLANS}_{memory:g}GB")
+    target = write_derived_plans(args.dataset, presets, args.source_plans, plans_name, memory)
     print(f"wrote {target}")
     for preset in presets:
         print(f"  {preset.dimension}D configurations: {preset.name} ({preset.description})")

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_deconver.shipped_folders import shipped_folder
 from support.plans import configuration_manager as configuration
@@ -136,3 +137,33 @@ def test_a_trainer_refuses_bad_plans_before_nnunet_creates_its_output_folder(toy
         nnUNetTrainerDeconver(toy_plans, "2d", 0, dataset_json, device=torch.device("cpu"))
     assert "\n" not in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def _checkpointed_levels(network: torch.nn.Module) -> set[bool]:
+    from nnunet_deconver.architectures.activation_checkpointing import StageSequence
+    from nnunet_deconver.layers import DeformableTransposedConv
+
+    return {m.checkpointed for m in network.modules() if isinstance(m, (StageSequence, DeformableTransposedConv))}
+
+
+@pytest.mark.parametrize("family", ["nnUNetTrainerDeconver", "nnUNetTrainerFactorizerSwin", "nnUNetTrainerDTC"])
+@pytest.mark.parametrize(("suffix", "expected"), [("", {True}), ("_selectiveCheckpointing", {True, False}),
+                                                   ("_noCheckpointing", {False})])
+def test_memory_variants_set_the_checkpointing_mode_on_nnunet_and_derived_plans(family, suffix, expected) -> None:
+    """The default trainer checkpoints every block (and DTC upsampler); the variants select their mode, also
+    over a mode a derived plans file prescribes."""
+    trainer = trainer_classes()[family + suffix]
+    manager = configuration(3, features=(8, 16, 32, 32))
+    with torch.device("meta"):
+        network = trainer.build_network_architecture(None, manager, 1, 2, True)
+    assert _checkpointed_levels(network) == expected
+    if family == "nnUNetTrainerDTC":
+        return  # DTC trainers train nnU-Net's plans only (DTC presets train with nnUNetTrainer)
+    derived = trainer.network_architecture(manager)
+    derived["arch_kwargs"]["activation_checkpointing"] = "full" if suffix else "off"
+    prescribed = ConfigurationManager({**manager.configuration, "architecture": derived})
+    if suffix:
+        assert trainer.network_architecture(prescribed)["arch_kwargs"]["activation_checkpointing"] == \
+            trainer.activation_checkpointing
+    else:
+        assert trainer.network_architecture(prescribed)["arch_kwargs"]["activation_checkpointing"] == "off"
