@@ -2,7 +2,8 @@
 
 A checkpointed block keeps only its input for backward and recomputes its inside during backward
 (``torch.utils.checkpoint`` non-reentrant: works with autocast, torch.compile and DDP, and nnU-Net's
-deep supervision). Values and gradients are unchanged; the cost is one more forward pass of the
+deep supervision). (Checkpointing the two residual branches of a block separately was measured too: under
+fp16 autocast it saves a third more and peaks no lower, so whole blocks are checkpointed.) Values and gradients are unchanged; the cost is one more forward pass of the
 checkpointed blocks. Modes:
 
 * ``off``: nothing is recomputed (most memory, least time);

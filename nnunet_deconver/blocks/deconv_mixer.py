@@ -8,7 +8,7 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_deconver.layers.compute import autocast_disabled
+from nnunet_deconver.layers.compute import autocast_disabled, to_autocast_dtype
 from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
 
 
@@ -17,7 +17,8 @@ class DeconvMixer(nn.Module):
 
     The NDC layer expands the channels to R*C; the last pointwise convolution maps them back to C,
     so the mixer's output has the shape of its input. Under autocast the NDC and the last
-    projection compute in float32 (the NDC's output is not bounded by fp16's range); the output is float32.
+    projection compute in float32 (the NDC's output is not bounded by fp16's range); the output is
+    returned in the autocast dtype, clamped to its finite range.
 
     Args:
         channels: C.
@@ -57,6 +58,8 @@ class DeconvMixer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         sources = self.ndc(self.activation(self.project_in(x)))
         # The NDC's float32 output can exceed fp16's range (65504) where eq. (7) amplifies: the output
-        # projection stays in the float32 island instead of letting autocast cast its input to fp16.
+        # projection stays in the float32 island instead of letting autocast cast its input to fp16, and
+        # its result returns to the autocast dtype bounded by that dtype's range.
         with autocast_disabled(sources):
-            return self.project_out(sources)
+            out = self.project_out(sources)
+        return to_autocast_dtype(out)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dynamic_network_architectures.building_blocks.helper import get_matching_instancenorm
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_deconver.blocks.deconv_mixer import DeconvMixer
 from nnunet_deconver.blocks.mlp import PointwiseMLP
+from nnunet_deconver.blocks.residual_branches import ResidualBranches
 
 
-class DeconverBlock(nn.Module):
+class DeconverBlock(ResidualBranches):
     """Z = DeconvMixer(IN(X)) + X;  Y = MLP(IN(Z)) + Z  (eq. 4), IN = InstanceNorm.
 
     Either sub-module can be switched off for the paper's Table VIII ablation.
@@ -67,9 +68,5 @@ class DeconverBlock(nn.Module):
             else None
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.mixer is not None:
-            x = x + self.mixer(x)
-        if self.mlp is not None:
-            x = x + self.mlp(x)
-        return x
+    def branches(self) -> list[nn.Module]:
+        return [branch for branch in (self.mixer, self.mlp) if branch is not None]

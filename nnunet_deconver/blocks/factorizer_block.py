@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_deconver.blocks.mlp import PointwiseMLP
+from nnunet_deconver.blocks.residual_branches import ResidualBranches
 from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
 from nnunet_deconver.layers.channel_layer_norm import ChannelLayerNorm
 from nnunet_deconver.layers.matricize import MatricizeKind
 from nnunet_deconver.layers.nmf import Solver
 
 
-class FactorizerBlock(nn.Module):
+class FactorizerBlock(ResidualBranches):
     """Y = WrappedNMF(LN(X)) + X;  Z = MLP(LN(Y)) + Y  (eq. 4), LN = per-voxel LayerNorm over channels.
 
     Either branch can be switched off for the paper's Table 3 ablation.
@@ -62,9 +63,5 @@ class FactorizerBlock(nn.Module):
             else None
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.nmf_branch is not None:
-            x = x + self.nmf_branch(x)
-        if self.mlp_branch is not None:
-            x = x + self.mlp_branch(x)
-        return x
+    def branches(self) -> list[nn.Module]:
+        return [branch for branch in (self.nmf_branch, self.mlp_branch) if branch is not None]

@@ -5,8 +5,8 @@ from nnunet_deconver.layers.dtc import DeformableTransposedConv
 from nnunet_deconver.layers.matricize import Matricized, Matricizer
 
 from nnunet_deconver.layers.ndc import NonnegativeDeconvolution
-from nnunet_deconver.layers.ndc_lean import LeanNDCLayer, LeanNDCUpdate, ndc_strategy, ndc_update_lean
-from nnunet_deconver.layers.ndc_layer_op import ndc_layer
+from nnunet_deconver.layers.ndc_lean import LeanNDCUpdate, ndc_strategy, ndc_update_lean
+from nnunet_deconver.layers.ndc_layer_op import LeanNDCLayer, ndc_layer
 from nnunet_deconver.layers.ndc_operators import adjoint_filters, ndc_adjoint, ndc_forward_model, ndc_update
 from nnunet_deconver.layers.nmf import NMF, nmf
 from nnunet_deconver.layers.positional_embedding import PositionalEmbedding

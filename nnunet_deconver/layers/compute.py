@@ -30,6 +30,17 @@ def is_fake(tensor: Tensor) -> bool:
     return isinstance(tensor, FakeTensor)
 
 
+def to_autocast_dtype(tensor: Tensor) -> Tensor:
+    """``tensor`` in the autocast dtype of its device if autocast is on there (clamped to that dtype's finite
+    range, so a float32 value beyond it becomes its largest value instead of inf), else unchanged."""
+    device = "cpu" if tensor.is_meta else tensor.device.type
+    if not torch.is_autocast_enabled(device):
+        return tensor
+    dtype = torch.get_autocast_dtype(device)
+    limit = torch.finfo(dtype).max
+    return tensor.clamp(-limit, limit).to(dtype)
+
+
 def compute_dtype(tensor: Tensor) -> torch.dtype:
     """float64 for float64 tensors, float32 for everything else (half precision included)."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32

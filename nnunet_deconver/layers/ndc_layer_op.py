@@ -1,6 +1,6 @@
 """The lean NDC layer (S0 = ReLU(PointwiseConv(X)) and eq. (7), papers/deconver.md III.F) for eager and compiled use.
 
-Eagerly it is :class:`~nnunet_deconver.layers.ndc_lean.LeanNDCLayer`. Under ``torch.compile`` it is
+Eagerly it is :class:`LeanNDCLayer`. Under ``torch.compile`` it is
 one opaque operator, ``nnunet_deconver::ndc_layer``, with its backward another
 (``nnunet_deconver::ndc_layer_backward``), registered with ``torch.library.custom_op``: dynamo and
 inductor see one node per direction, whatever the slab count, and the operator runs the same eager
@@ -15,9 +15,131 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
 
-from nnunet_deconver.layers.compute import compute_memory_format
-from nnunet_deconver.layers.ndc_lean import LeanNDCLayer, lean_layer_backward, lean_layer_forward
+from nnunet_deconver.layers import ndc_cpu_kernel
+from nnunet_deconver.layers.compute import autocast_disabled, compute_memory_format, ndc_convolution_precision
+from nnunet_deconver.layers.ndc_layer_slabs import slab_layer_backward, slab_layer_forward
+from nnunet_deconver.layers.ndc_lean import (
+    _initial_source_backward,
+    _lean_backward,
+    _lean_forward,
+    _promoted_dtype,
+    _strategy,
+    initial_source_channels_last,
+)
+
+
+def lean_layer_forward(
+    x: Tensor, source_weight: Tensor, source_bias: Tensor, filters: Tensor, groups: int, iterations: int, eps: float
+) -> Tensor:
+    """S0 = ReLU(PointwiseConv(x)) and eq. (7), computed in float32 (float64 for float64 weights), autocast off.
+
+    One update (the paper's) runs slab by slab with S0 recomputed per slab (:mod:`ndc_layer_slabs`) except
+    on the fused CPU kernel, which takes S0 whole; more updates and the meta device take S0 whole.
+    """
+    dtype = _promoted_dtype(source_weight, source_bias, filters)
+    with autocast_disabled(x), ndc_convolution_precision(x.device):
+        if _slab_by_slab(x, filters, groups, iterations, dtype):
+            return slab_layer_forward(x, source_weight, source_bias, filters, groups, eps, dtype)
+        observation = x.to(dtype)
+        source = initial_source_channels_last(observation, source_weight.to(dtype), source_bias.to(dtype))
+        return _lean_forward(observation, source, filters, groups, iterations, eps, dtype)
+
+
+def lean_layer_backward(
+    grad_output: Tensor,
+    x: Tensor,
+    source_weight: Tensor,
+    source_bias: Tensor,
+    filters: Tensor,
+    groups: int,
+    iterations: int,
+    eps: float,
+    need_x: bool = True,
+    need_filters: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(dL/dx, dL/dW, dL/db, dL/dV) of :func:`lean_layer_forward`, each in its input's dtype; S0 is recomputed.
+
+    dL/dx is computed in full (both its paths) only if ``need_x`` (always with one update); dL/dV is None
+    unless ``need_filters``.
+    """
+    dtype = _promoted_dtype(source_weight, source_bias, filters)
+    with autocast_disabled(x), ndc_convolution_precision(x.device):
+        if _slab_by_slab(x, filters, groups, iterations, dtype):
+            grad_x, grad_weight, grad_bias, grad_filters = slab_layer_backward(
+                grad_output, x, source_weight, source_bias, filters, groups, eps, dtype, need_filters)
+            return _in_input_dtypes(grad_x, grad_weight, grad_bias, grad_filters, x, source_weight, source_bias, filters)
+        observation, weight = x.to(dtype), source_weight.to(dtype)
+        source = initial_source_channels_last(observation, weight, source_bias.to(dtype))
+        grad_observation, grad_source, grad_filters = _lean_backward(
+            grad_output, observation, source, filters, groups, iterations, eps, dtype, need_x, need_filters
+        )
+        grad_x, grad_weight, grad_bias = _initial_source_backward(grad_source, observation, source, weight)
+        if grad_observation is not None:
+            grad_x = grad_x.add_(grad_observation)
+    return _in_input_dtypes(grad_x, grad_weight, grad_bias, grad_filters, x, source_weight, source_bias, filters)
+
+
+def _in_input_dtypes(
+    grad_x: Tensor, grad_weight: Tensor, grad_bias: Tensor, grad_filters: Tensor | None,
+    x: Tensor, source_weight: Tensor, source_bias: Tensor, filters: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    return (
+        grad_x.to(x.dtype),
+        grad_weight.to(source_weight.dtype),
+        grad_bias.to(source_bias.dtype),
+        grad_filters.to(filters.dtype) if grad_filters is not None else None,
+    )
+
+
+def _slab_by_slab(x: Tensor, filters: Tensor, groups: int, iterations: int, dtype: torch.dtype) -> bool:
+    """Whether the layer runs :mod:`ndc_layer_slabs` (one update, not on 'meta', not on the fused CPU kernel)."""
+    if iterations != 1 or x.is_meta:
+        return False
+    return not (_strategy(x) == "cpu" and ndc_cpu_kernel.use_kernel(x, filters, groups, dtype))
+
+
+class LeanNDCLayer(torch.autograd.Function):
+    """The NDC layer of section III.F: S0 = ReLU(PointwiseConv(X)), then eq. (7); saves only X and the weights.
+
+    Like :class:`LeanNDCUpdate`, but S0 (R*C channels) is recomputed in backward from X instead of
+    being saved, and X is saved in the dtype it arrives in (fp16 under autocast), not as a float32
+    copy: the layer keeps nothing for backward beyond its input and parameters. The pointwise
+    convolution costs 2 * C * R*C FLOPs per voxel again in backward, a fraction of eq. (7)'s.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: Tensor,
+        source_weight: Tensor,
+        source_bias: Tensor,
+        filters: Tensor,
+        groups: int,
+        iterations: int,
+        eps: float,
+    ) -> Tensor:
+        ctx.save_for_backward(x, source_weight, source_bias, filters)
+        ctx.settings = (groups, iterations, eps)  # type: ignore[attr-defined]
+        return lean_layer_forward(x, source_weight, source_bias, filters, groups, iterations, eps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        need_x, need_weight, need_bias, need_filters = ctx.needs_input_grad[:4]
+        grad_x, grad_weight, grad_bias, grad_filters = lean_layer_backward(
+            grad_output, *ctx.saved_tensors, *ctx.settings, need_x=need_x, need_filters=need_filters
+        )
+        return (
+            grad_x if need_x else None,
+            grad_weight if need_weight else None,
+            grad_bias if need_bias else None,
+            grad_filters,
+            None,
+            None,
+            None,
+        )
 
 
 @torch.library.custom_op("nnunet_deconver::ndc_layer", mutates_args=())

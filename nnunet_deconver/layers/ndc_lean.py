@@ -72,12 +72,14 @@ _SLAB_BYTES = 16 * 2**20
 keeps slab temporaries mostly in the last-level cache and below glibc's largest mmap threshold (32 MiB),
 so their memory is recycled instead of being page-faulted anew for every slab."""
 
-_DEVICE_SLAB_BYTES = 512 * 2**20
-"""Target size of one slab on other devices (CUDA), whole batch per slab: few, large kernels, while the
-temporaries of eq. (7)'s backward (about five source-sized slabs) stay a few GiB at 128^3 plans."""
+_DEVICE_SLAB_BYTES = 256 * 2**20
+"""Target size of one slab on other devices (CUDA), whole batch per slab: large kernels, and temporaries of a
+few source-sized slabs (at 128^3 plans 256 MiB gave the lowest estimated fp16 peak; 512 MiB about 3 GiB more
+for a third fewer kernel launches, docs/benchmarks.md)."""
 
 _MERGED_GROUP_INPUTS = 4
 """Merge groups of the adjoint convolution until a merged group has up to this many inputs."""
+
 
 def _empty_incompute_layout(like: Tensor, channels: int) -> Tensor:
     """Uninitialised (B, channels, *spatial) tensor shaped after ``like``, in the compute layout."""
@@ -524,90 +526,3 @@ def _initial_source_backward(
     grad_bias = grad_pre.sum((0, 1))
     grad_columns = torch.bmm(grad_pre, weight.flatten(1).expand(batch, *weight.shape[:2]))  # (B, P, C)
     return grad_columns.unflatten(1, spatial).movedim(-1, 1), grad_weight, grad_bias
-
-
-def lean_layer_forward(
-    x: Tensor, source_weight: Tensor, source_bias: Tensor, filters: Tensor, groups: int, iterations: int, eps: float
-) -> Tensor:
-    """S0 = ReLU(PointwiseConv(x)) and eq. (7), computed in float32 (float64 for float64 weights), autocast off."""
-    dtype = _promoted_dtype(source_weight, source_bias, filters)
-    with autocast_disabled(x), ndc_convolution_precision(x.device):
-        observation = x.to(dtype)
-        source = initial_source_channels_last(observation, source_weight.to(dtype), source_bias.to(dtype))
-        return _lean_forward(observation, source, filters, groups, iterations, eps, dtype)
-
-
-def lean_layer_backward(
-    grad_output: Tensor,
-    x: Tensor,
-    source_weight: Tensor,
-    source_bias: Tensor,
-    filters: Tensor,
-    groups: int,
-    iterations: int,
-    eps: float,
-    need_x: bool = True,
-    need_filters: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """(dL/dx, dL/dW, dL/db, dL/dV) of :func:`lean_layer_forward`, each in its input's dtype; S0 is recomputed.
-
-    dL/dx is computed in full (both its paths) only if ``need_x``; dL/dV is None unless ``need_filters``.
-    """
-    dtype = _promoted_dtype(source_weight, source_bias, filters)
-    with autocast_disabled(x), ndc_convolution_precision(x.device):
-        observation, weight = x.to(dtype), source_weight.to(dtype)
-        source = initial_source_channels_last(observation, weight, source_bias.to(dtype))
-        grad_observation, grad_source, grad_filters = _lean_backward(
-            grad_output, observation, source, filters, groups, iterations, eps, dtype, need_x, need_filters
-        )
-        grad_x, grad_weight, grad_bias = _initial_source_backward(grad_source, observation, source, weight)
-        if grad_observation is not None:
-            grad_x = grad_x.add_(grad_observation)
-    return (
-        grad_x.to(x.dtype),
-        grad_weight.to(source_weight.dtype),
-        grad_bias.to(source_bias.dtype),
-        grad_filters.to(filters.dtype) if grad_filters is not None else None,
-    )
-
-
-class LeanNDCLayer(torch.autograd.Function):
-    """The NDC layer of section III.F: S0 = ReLU(PointwiseConv(X)), then eq. (7); saves only X and the weights.
-
-    Like :class:`LeanNDCUpdate`, but S0 (R*C channels) is recomputed in backward from X instead of
-    being saved, and X is saved in the dtype it arrives in (fp16 under autocast), not as a float32
-    copy: the layer keeps nothing for backward beyond its input and parameters. The pointwise
-    convolution costs 2 * C * R*C FLOPs per voxel again in backward, a fraction of eq. (7)'s.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        x: Tensor,
-        source_weight: Tensor,
-        source_bias: Tensor,
-        filters: Tensor,
-        groups: int,
-        iterations: int,
-        eps: float,
-    ) -> Tensor:
-        ctx.save_for_backward(x, source_weight, source_bias, filters)
-        ctx.settings = (groups, iterations, eps)  # type: ignore[attr-defined]
-        return lean_layer_forward(x, source_weight, source_bias, filters, groups, iterations, eps)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        need_x, need_weight, need_bias, need_filters = ctx.needs_input_grad[:4]
-        grad_x, grad_weight, grad_bias, grad_filters = lean_layer_backward(
-            grad_output, *ctx.saved_tensors, *ctx.settings, need_x=need_x, need_filters=need_filters
-        )
-        return (
-            grad_x if need_x else None,
-            grad_weight if need_weight else None,
-            grad_bias if need_bias else None,
-            grad_filters,
-            None,
-            None,
-            None,
-        )

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+import nnunet_deconver.layers.ndc_layer_op as ndc_layer_op
+import nnunet_deconver.layers.ndc_layer_slabs as ndc_layer_slabs
 import nnunet_deconver.layers.ndc_lean as ndc_lean
 from nnunet_deconver.analysis.memory import saved_tensor_bytes
 from nnunet_deconver.layers import LeanNDCUpdate, NonnegativeDeconvolution, ndc_update, ndc_update_lean
@@ -102,6 +104,29 @@ def test_layer_output_and_all_gradients_equal_plain(dims, groups, ratio, kernel,
     x = torch.rand(2, CHANNELS, *SIZES[dims], dtype=torch.float64)
     grad = torch.randn(2, ratio * CHANNELS, *SIZES[dims], dtype=torch.float64)
     _assert_same(_layer_values(lean, x, grad), _layer_values(plain, x, grad))
+
+
+@pytest.mark.parametrize("path", ["cpu-one-plane", "device-one-plane", "device-whole"])
+@pytest.mark.parametrize("dims,groups,ratio,kernel", [
+    pytest.param(dims, groups, ratio, kernel, id=f"{dims}d-G{groups}-R{ratio}-k{kernel}")
+    for dims, groups, ratio, kernel in itertools.product((1, 2, 3), (1, CHANNELS), (1, 4), (3, 5, "aniso"))
+])
+def test_layer_slab_by_slab_with_s0_per_slab_equals_plain(dims, groups, ratio, kernel, path, monkeypatch) -> None:
+    """One update with S0 recomputed slab by slab (ndc_layer_slabs: halos of 2h for S0, Y zero outside the
+    volume, dL/dS0 split through the ReLU) == lean=False, on the CPU and the device strategy (float64)."""
+    monkeypatch.setenv("NNUNET_DECONVER_NDC_KERNEL", "torch")
+    monkeypatch.setattr(ndc_lean, "_SLAB_BYTES", 1)
+    monkeypatch.setattr(ndc_lean, "_DEVICE_SLAB_BYTES", 2**40 if path == "device-whole" else 1)
+    if path.startswith("device"):
+        monkeypatch.setattr(ndc_lean, "_forced_strategy", ["device"])
+    calls = []
+    original = ndc_layer_slabs.slab_layer_backward
+    monkeypatch.setattr(ndc_layer_op, "slab_layer_backward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    lean, plain = _layer_pair(dims, groups, ratio, kernel, 1)
+    x = torch.rand(2, CHANNELS, *SIZES[dims], dtype=torch.float64)
+    grad = torch.randn(2, ratio * CHANNELS, *SIZES[dims], dtype=torch.float64)
+    _assert_same(_layer_values(lean, x, grad), _layer_values(plain, x, grad))
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
