@@ -27,6 +27,7 @@ from nnunet_deconver.layers.ndc_lean import (
     _promoted_dtype,
     _strategy,
     initial_source_channels_last,
+    slabs_of,
 )
 
 
@@ -40,7 +41,7 @@ def lean_layer_forward(
     """
     dtype = _promoted_dtype(source_weight, source_bias, filters)
     with autocast_disabled(x), ndc_convolution_precision(x.device):
-        if _slab_by_slab(x, filters, groups, iterations, dtype):
+        if _slab_by_slab(x, source_weight.shape[0], filters, groups, iterations, dtype):
             return slab_layer_forward(x, source_weight, source_bias, filters, groups, eps, dtype)
         observation = x.to(dtype)
         source = initial_source_channels_last(observation, source_weight.to(dtype), source_bias.to(dtype))
@@ -66,7 +67,7 @@ def lean_layer_backward(
     """
     dtype = _promoted_dtype(source_weight, source_bias, filters)
     with autocast_disabled(x), ndc_convolution_precision(x.device):
-        if _slab_by_slab(x, filters, groups, iterations, dtype):
+        if _slab_by_slab(x, source_weight.shape[0], filters, groups, iterations, dtype):
             grad_x, grad_weight, grad_bias, grad_filters = slab_layer_backward(
                 grad_output, x, source_weight, source_bias, filters, groups, eps, dtype, need_filters)
             return _in_input_dtypes(grad_x, grad_weight, grad_bias, grad_filters, x, source_weight, source_bias, filters)
@@ -93,11 +94,17 @@ def _in_input_dtypes(
     )
 
 
-def _slab_by_slab(x: Tensor, filters: Tensor, groups: int, iterations: int, dtype: torch.dtype) -> bool:
-    """Whether the layer runs :mod:`ndc_layer_slabs` (one update, not on 'meta', not on the fused CPU kernel)."""
-    if iterations != 1 or x.is_meta:
+def _slab_by_slab(
+    x: Tensor, source_channels: int, filters: Tensor, groups: int, iterations: int, dtype: torch.dtype
+) -> bool:
+    """Whether the layer runs :mod:`ndc_layer_slabs`: one update, not on 'meta', not on the fused CPU kernel,
+    and a source that takes more than one slab (for one slab S0 whole is no larger than a slab, and the
+    unfused path launches fewer kernels)."""
+    strategy = _strategy(x)
+    if iterations != 1 or x.is_meta or (strategy == "cpu" and ndc_cpu_kernel.use_kernel(x, filters, groups, dtype)):
         return False
-    return not (_strategy(x) == "cpu" and ndc_cpu_kernel.use_kernel(x, filters, groups, dtype))
+    source_shape = (x.shape[0], source_channels, *x.shape[2:])
+    return len(list(slabs_of(source_shape, torch.finfo(dtype).bits // 8, strategy))) > 1
 
 
 class LeanNDCLayer(torch.autograd.Function):

@@ -144,10 +144,15 @@ def _strategy(tensor: Tensor) -> Strategy:
 
 def _slabs(tensor: Tensor) -> Iterator[_SlabIndex]:
     """Split (B, E, depth, ...) into slabs of whole planes of about the strategy's slab size each."""
-    batch, channels, depth, *rest = tensor.shape
-    per_batch_element = _strategy(tensor) == "cpu"
+    return slabs_of(tuple(tensor.shape), tensor.element_size(), _strategy(tensor))
+
+
+def slabs_of(shape: tuple[int, ...], element_size: int, strategy: Strategy) -> Iterator[_SlabIndex]:
+    """The slabs :func:`_slabs` makes of a tensor of ``shape`` and ``element_size`` under ``strategy``."""
+    batch, channels, depth, *rest = shape
+    per_batch_element = strategy == "cpu"
     batch_step = 1 if per_batch_element else batch
-    plane_bytes = batch_step * channels * math.prod(rest) * tensor.element_size()
+    plane_bytes = batch_step * channels * math.prod(rest) * element_size
     budget = _SLAB_BYTES if per_batch_element else _DEVICE_SLAB_BYTES
     planes = max(1, min(depth, budget // max(1, plane_bytes)))
     for b in range(0, batch, batch_step):

@@ -113,7 +113,8 @@ def test_layer_output_and_all_gradients_equal_plain(dims, groups, ratio, kernel,
 ])
 def test_layer_slab_by_slab_with_s0_per_slab_equals_plain(dims, groups, ratio, kernel, path, monkeypatch) -> None:
     """One update with S0 recomputed slab by slab (ndc_layer_slabs: halos of 2h for S0, Y zero outside the
-    volume, dL/dS0 split through the ReLU) == lean=False, on the CPU and the device strategy (float64)."""
+    volume, dL/dS0 split through the ReLU) == lean=False, on the CPU and the device strategy (float64); a
+    source that fits one slab takes the unfused path, equal as well."""
     monkeypatch.setenv("NNUNET_DECONVER_NDC_KERNEL", "torch")
     monkeypatch.setattr(ndc_lean, "_SLAB_BYTES", 1)
     monkeypatch.setattr(ndc_lean, "_DEVICE_SLAB_BYTES", 2**40 if path == "device-whole" else 1)
@@ -126,7 +127,7 @@ def test_layer_slab_by_slab_with_s0_per_slab_equals_plain(dims, groups, ratio, k
     x = torch.rand(2, CHANNELS, *SIZES[dims], dtype=torch.float64)
     grad = torch.randn(2, ratio * CHANNELS, *SIZES[dims], dtype=torch.float64)
     _assert_same(_layer_values(lean, x, grad), _layer_values(plain, x, grad))
-    assert calls == [1]
+    assert calls == ([] if path == "device-whole" else [1])  # a source that fits one slab is taken whole
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
