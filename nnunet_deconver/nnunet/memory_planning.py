@@ -121,9 +121,10 @@ def replan_configuration(
     dataset_voxels = math.prod(median) * num_training_cases
     covered = round(dataset_voxels * MAX_DATASET_COVERED / math.prod(planned["patch_size"]))
     planned["batch_size"] = max(min(batch, covered), MIN_BATCH_SIZE)
-    while True:  # the per-sample estimate is linear; check the batch itself
+    while planned["batch_size"] > MIN_BATCH_SIZE:  # the per-sample estimate is linear; check the batch itself
         final = _peak(network_for, planned, input_channels, planned["batch_size"])
         progress(f"patch {planned['patch_size']}, batch {planned['batch_size']}: estimated peak {final / 2**30:.2f} GiB")
-        if final <= target or planned["batch_size"] == MIN_BATCH_SIZE:
-            return planned
+        if final <= target:
+            break
         planned["batch_size"] -= 1
+    return planned
