@@ -79,7 +79,7 @@ def slab_layer_forward(
     """S1 of eq. (7) on S0 = ReLU(W0 x + b0), one update, slab by slab; channels-last, in ``dtype``."""
     ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=False, strategy=_strategy(x))
     shape = (x.shape[0], weight.shape[0], *x.shape[2:])
-    out = torch.empty(shape, dtype=dtype, device=x.device).contiguous(memory_format=compute_memory_format(x))
+    out = torch.empty(shape, dtype=dtype, device=x.device, memory_format=compute_memory_format(x))
     weight, bias = weight.to(dtype), bias.to(dtype)
     for index in _slabs(out):
         terms = _SlabTerms(ops, x, weight, bias, index)
@@ -94,8 +94,7 @@ def slab_layer_backward(
     """(dL/dx, dL/dW0, dL/db0, dL/dV) in ``dtype`` of :func:`slab_layer_forward` for dL/dS1 = ``grad``."""
     ops = _Operators(filters.to(dtype), groups, eps, track_filter_grad=need_filters, strategy=_strategy(x))
     weight, bias = weight.to(dtype), bias.to(dtype)
-    shape = (x.shape[0], x.shape[1], *x.shape[2:])
-    grad_x = torch.zeros(shape, dtype=dtype, device=x.device).contiguous(memory_format=compute_memory_format(x))
+    grad_x = torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=compute_memory_format(x)).zero_()
     forward_of_grad_denominator = torch.zeros_like(grad_x)  # G = F(dL/dD), X-sized
     grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
     source_indices = list(_slabs(grad))
