@@ -22,9 +22,8 @@ Overflow. The pointwise parts are those of the reference, ``source_times_ratio``
 and ``source_times_ratio_grads`` for g * N / D, dL/dN and dL/dD (ordered and saturated so that
 neither inf nor NaN arises where the gradients are finite; see there).
 
-Memory. Only X, S0 and V are saved for backward. In NonnegativeDeconvolution S0 is the output
-of a ReLU, which saves that same tensor anyway, so with R = 4 the layer keeps 4U (U = numel(X))
-plus the filters beyond its input, instead of about 13U for the autograd graph of
+Memory. Only X, S0 and V are saved for backward (the NDC layer, :mod:`ndc_layer_op`, saves only X
+and recomputes S0 too), instead of about 13U (U = numel(X)) for the autograd graph of
 :func:`ndc_update`. Everything else (N, Y, D, S1) is recomputed in backward; for
 ``iterations`` > 1 the intermediate sources are recomputed too and held, (iterations - 1) * RU,
 only while this layer's backward runs. Double backward is not supported (``once_differentiable``).
@@ -38,6 +37,10 @@ the R sources of each channel (a matrix-vector product); the adjoint convolution
 into block-diagonal groups of up to 4 input channels, which suits oneDNN's blocked kernels better
 than groups of 1 input channel. The inputs of :func:`ndc_update_lean` may have any layout; its
 output is channels-last for 2-D and 3-D inputs.
+
+Other devices (CUDA): the 'device' strategy (:func:`ndc_strategy`) runs whole-batch slabs of about
+``_DEVICE_SLAB_BYTES``, the grouped convolutions as they are, and for a source that is one slab a
+backward without scatters (:func:`_update_step_backward_whole`): few, large kernels.
 """
 
 from __future__ import annotations
