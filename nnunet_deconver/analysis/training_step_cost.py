@@ -119,7 +119,7 @@ def peak_step_bytes(
 
 def kernel_launches(build: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> int:
     """Kernel-launching aten ops of one forward and backward pass on the CUDA path (see the module docstring)."""
-    with _fake_network(build, input_shape) as (network, x), ndc_strategy("whole"):
+    with _fake_network(build, input_shape) as (network, x), ndc_strategy("device"):
         with _LaunchCounter() as counter:
             _loss(network(x)).backward()
         return counter.launches

@@ -132,6 +132,8 @@ def ndc_strategy(strategy: Strategy) -> Iterator[None]:
     about ``_DEVICE_SLAB_BYTES`` over the whole batch (every other device). Profiling uses it to count the
     kernel launches of the CUDA path on CPU tensors.
     """
+    if strategy not in ("cpu", "device"):
+        raise ValueError(f"NDC strategy must be 'cpu' or 'device', got {strategy!r}.")
     _forced_strategy.append(strategy)
     try:
         yield
