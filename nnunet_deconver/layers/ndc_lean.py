@@ -77,8 +77,8 @@ so their memory is recycled instead of being page-faulted anew for every slab.""
 
 _DEVICE_SLAB_BYTES = 256 * 2**20
 """Target size of one slab on other devices (CUDA), whole batch per slab: large kernels, and temporaries of a
-few source-sized slabs (at 128^3 plans 256 MiB gave the lowest estimated fp16 peak; 512 MiB about 3 GiB more
-for a third fewer kernel launches, docs/benchmarks.md)."""
+few source-sized slabs (at 128^3 plans 256 MiB gave the lowest estimated fp16 peak; 512 MiB about 2 GiB more
+for about 30 % fewer kernel launches, docs/benchmarks.md)."""
 
 _MERGED_GROUP_INPUTS = 4
 """Merge groups of the adjoint convolution until a merged group has up to this many inputs."""
