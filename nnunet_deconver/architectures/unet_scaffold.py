@@ -42,6 +42,7 @@ from nnunet_deconver.architectures.hyperparameter_checks import (
     is_integer,
     per_stage,
 )
+from nnunet_deconver.architectures.idle_parameters import with_idle_parameters_in_graph
 
 
 @dataclass(frozen=True)
@@ -175,20 +176,8 @@ class UNetDecoder(nn.Module):
             if self.deep_supervision or index == last:
                 outputs.append(head(x))
         if not self.deep_supervision:
-            return self._with_idle_heads_in_graph(outputs[-1])
+            return with_idle_parameters_in_graph(outputs[-1], self.heads[:-1])
         return outputs[::-1]
-
-    def _with_idle_heads_in_graph(self, logits: Tensor) -> Tensor:
-        """Add 0 x (parameters of the unused low-resolution heads) when gradients are recorded.
-
-        Without deep supervision those heads take no part in the forward pass, and
-        DistributedDataParallel with ``find_unused_parameters=False`` (nnU-Net's setting) would stop
-        with an error. The term is exactly zero and gives them zero gradients; inference skips it.
-        """
-        if not torch.is_grad_enabled():
-            return logits
-        idle = [p for head in self.heads[:-1] for p in head.parameters() if p.requires_grad]
-        return logits + 0.0 * sum(p.sum() for p in idle) if idle else logits
 
 
 def _transposed_conv_factory(conv_op: type[_ConvNd]) -> UpsamplerFactory:

@@ -28,6 +28,40 @@ from torch import Tensor, nn
 AUTHORS_LEAKS: tuple[float, float] = (0.001, 0.01)
 
 
+def _slopes(x: Tensor, bias: Tensor, leaks: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """The derivatives of the two leaky ReLUs of eq. (18) at (x - b) and (-x - b)."""
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return (torch.where(x - bias > 0, one, leaks[0]), torch.where(-x - bias > 0, one, leaks[1]))
+
+
+class _Shrink(torch.autograd.Function):
+    """Eq. (18) keeping only its input for backward (autograd would keep both ReLU inputs, 2x the memory).
+
+    dS/dx = l0'(x - b) + l1'(-x - b) and dS/db = l1'(-x - b) - l0'(x - b), with l' the slope (1 or the leak).
+    """
+
+    @staticmethod
+    def forward(x: Tensor, bias: Tensor, leaks: tuple[float, float]) -> Tensor:
+        return F.leaky_relu(x - bias, leaks[0]) - F.leaky_relu(-x - bias, leaks[1])
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor, tuple[float, float]], output: Tensor) -> None:
+        x, bias, leaks = inputs
+        ctx.save_for_backward(x, bias)
+        ctx.leaks = leaks
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, bias = ctx.saved_tensors
+        rising, falling = _slopes(x, bias, ctx.leaks)
+        grad_x = grad * (rising + falling) if ctx.needs_input_grad[0] else None
+        grad_bias = None
+        if ctx.needs_input_grad[1]:
+            reduced = [0, *range(2, x.dim())]
+            grad_bias = (grad * (falling - rising)).sum(reduced, dtype=torch.float32).view(bias.shape).to(bias.dtype)
+        return grad_x, grad_bias, None
+
+
 class SoftShrinkage(nn.Module):
     """Eq. (18) per channel: S(x) = lrelu_{l0}(x - alpha tau_c) - lrelu_{l1}(-x - alpha tau_c).
 
@@ -67,7 +101,7 @@ class SoftShrinkage(nn.Module):
                 f"SoftShrinkage({channels}) expects (B, {channels}, *spatial), got shape {tuple(x.shape)}"
             )
         bias = (self.alpha * self.threshold).to(x.dtype).view(channels, *(1,) * (x.dim() - 2))
-        return F.leaky_relu(x - bias, self.leaks[0]) - F.leaky_relu(-x - bias, self.leaks[1])
+        return _Shrink.apply(x, bias, self.leaks)
 
     def extra_repr(self) -> str:
         return f"{self.threshold.shape[0]}, leaks={self.leaks}, alpha={self.alpha}"

@@ -29,8 +29,9 @@ def test_every_shipped_preset_loads() -> None:
     names = set(available_presets())
     assert {"deconver-2d-k3", "deconver-3d-k5", "deconver-isles22-k3", "deconver-brats23-k5", "deconver-glas-k5"} <= names
     assert {"factorizer-swin-3d", "factorizer-local-2d", "factorizer-brats-swin", "factorizer-isles22-global"} <= names
+    assert {"sum-2d", "sum-3d", "sum-paper-2d"} <= names
     families = {"deconver-": "DeconverUNet", "factorizer-": "FactorizerUNet", "dtc-resenc-": "DTCResidualEncoderUNet",
-                "dtc-": "DTCPlainConvUNet"}
+                "dtc-": "DTCPlainConvUNet", "sum-": "SUMNet"}
     for name in names:
         family = next(cls for prefix, cls in families.items() if name.startswith(prefix))
         assert load_preset(name).network_class_name.endswith(family), name
