@@ -198,6 +198,33 @@ def _run_offsets(args: argparse.Namespace) -> None:
     print(write_dtc_offsets_figure(_figure_request(args)))
 
 
+def _add_import_weights_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "import-sum-weights",
+        help="install the SUM authors' released 2-D weights as an nnU-Net model folder (fold 'all')",
+        description="Loads the authors' 2-D SUM state dict into the paper's SUM that a plans configuration builds "
+        "(derive the plans first: nnunet-deconver plan -d D --preset sum-paper-2d -o nnUNetSUMPaperPlans) and writes "
+        "nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_all/checkpoint_final.pth with the plans "
+        "and dataset.json, for nnUNetv2_predict -f all and nnunet-deconver impulse -f all. Nothing is overwritten.",
+    )
+    parser.add_argument("weights", type=Path, help="the authors' state dict file (.pt / .pth)")
+    parser.add_argument("-d", "--dataset", required=True, help="dataset name or id, as for nnU-Net's -d")
+    parser.add_argument("-p", "--plans", required=True, help="plans whose configuration builds the paper's SUM")
+    parser.add_argument("-c", "--configuration", default="2d", help="plans configuration (default: 2d)")
+    parser.add_argument("-tr", "--trainer", default="nnUNetTrainerSUM_paper",
+                        help="trainer name of the model folder (default: nnUNetTrainerSUM_paper)")
+
+
+def _run_import_weights(args: argparse.Namespace) -> None:
+    from nnunet_deconver.nnunet.sum_weight_import import install_authors_weights
+
+    checkpoint = install_authors_weights(args.weights, args.dataset, args.plans, configuration=args.configuration,
+                                         trainer_name=args.trainer)
+    print(f"wrote {checkpoint}")
+    print(f"use it with: nnUNetv2_predict -d {args.dataset} -c {args.configuration} -p {args.plans} "
+          f"-tr {args.trainer} -f all ...")
+
+
 def _run_presets() -> None:
     from nnunet_deconver.nnunet.presets import available_presets, load_preset
 
@@ -222,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparsers.add_parser("presets", help="list the shipped architecture presets")
     _add_components_parser(subparsers)
     _add_offsets_parser(subparsers)
+    _add_import_weights_parser(subparsers)
     subparsers.add_parser("predict", help="nnUNetv2_predict with inference-time NMF settings for Factorizers",
                           description=PREDICT_DESCRIPTION)
     args = parser.parse_args(argv)
@@ -236,6 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_profile(args)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             parser.exit(2, f"nnunet-deconver profile: error: {error}\n")
+    elif args.command == "import-sum-weights":
+        try:
+            _run_import_weights(args)
+        except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+            parser.exit(2, f"nnunet-deconver import-sum-weights: error: {error}\n")
     elif args.command == "presets":
         _run_presets()
     elif args.command in ("nmf-components", "dtc-offsets"):

@@ -27,7 +27,14 @@ from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.blocks.wrapped_nmf import WrappedNMF
 from nnunet_deconver.layers import NonnegativeDeconvolution
 from nnunet_deconver.layers.nmf import NMF
-from support.ddp import DDP_FAMILIES, DDP_WORLD_SIZE, ddp_training_worker, tiny_deconver_2d, tiny_factorizer_2d
+from support.ddp import (
+    DDP_FAMILIES,
+    DDP_WORLD_SIZE,
+    ddp_training_worker,
+    tiny_deconver_2d,
+    tiny_factorizer_2d,
+    tiny_sum_2d,
+)
 from support.plans import plans_configuration, predictor_plans
 
 ANISO_KERNELS_3D = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
@@ -209,7 +216,8 @@ def _max_abs_diff(a, b) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("build", [tiny_deconver_2d, tiny_factorizer_2d], ids=["deconver", "factorizer-swin"])
+@pytest.mark.parametrize("build", [tiny_deconver_2d, tiny_factorizer_2d, tiny_sum_2d],
+                         ids=["deconver", "factorizer-swin", "sum"])
 def test_inductor_compiled_2d_training_step_matches_eager_with_deep_supervision_toggled(build) -> None:
     """Compiled forward and backward equal eager; toggling decoder.deep_supervision recompiles."""
     torch._dynamo.reset()

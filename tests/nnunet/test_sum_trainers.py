@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
@@ -158,8 +160,8 @@ def test_paper_augmentation_flips_and_rotates_in_plane_and_keeps_nnunets_label_b
         assert out["image"].shape == image.shape
 
 
-def test_authors_weights_load_into_the_paper_network_key_by_key() -> None:
-    network = paper_network_from_preset(deep_supervision=False)
+def authors_layout_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict of the authors' released 2-D SUM layout (the facts sheet), random values."""
     widths, shapes = [1, 8, 16, 32, 64], {}
     for level in range(4):
         c_in, c = widths[level], widths[level + 1]
@@ -170,9 +172,14 @@ def test_authors_weights_load_into_the_paper_network_key_by_key() -> None:
                    f"dec.{level}.s2.t": (c_in, 1, 1)}
     shapes |= {"dl.c1.weight": (128, 64, 3, 3), "dl.c2.weight": (64, 128, 3, 3), "dl.s1.t": (128, 1, 1),
                "dl.s2.t": (64, 1, 1), "ol.out.weight": (1, 1, 1, 1)}
-    assert len(shapes) == 41
-    generator = torch.Generator().manual_seed(0)
-    theirs = {key: torch.randn(shape, generator=generator) for key, shape in shapes.items()}
+    generator = torch.Generator().manual_seed(seed)
+    return {key: torch.randn(shape, generator=generator) for key, shape in shapes.items()}
+
+
+def test_authors_weights_load_into_the_paper_network_key_by_key() -> None:
+    network = paper_network_from_preset(deep_supervision=False)
+    theirs = authors_layout_state_dict()
+    assert len(theirs) == 41
     load_authors_weights(network, theirs)
     ours = network.state_dict()
     for our_key, their_key in authors_key_map(network).items():
@@ -184,3 +191,33 @@ def test_authors_weights_load_into_the_paper_network_key_by_key() -> None:
         load_authors_weights(network, theirs)
     with pytest.raises(ValueError, match="sum-paper-2d preset"):
         load_authors_weights(SUMNet(1, 5, [8, 16, 32, 64, 128], torch.nn.Conv2d, 3, [1, 2, 2, 2, 2], 2), theirs)
+
+
+def test_imported_weights_become_a_model_folder_nnunets_predictor_loads(tmp_path, monkeypatch) -> None:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    import nnunet_deconver.nnunet.sum_weight_import as importer
+
+    preprocessed, results = tmp_path / "preprocessed", tmp_path / "results"
+    monkeypatch.setattr(importer, "nnUNet_preprocessed", str(preprocessed))
+    monkeypatch.setattr(importer, "nnUNet_results", str(results))
+    dataset = preprocessed / "Dataset999_Toy"
+    dataset.mkdir(parents=True)
+    plans = derive_plans(nnunet_plans(), [load_preset("sum-paper-2d")], "nnUNetSUMPaperPlans", "nnUNetPlans")
+    (dataset / "nnUNetSUMPaperPlans.json").write_text(json.dumps(plans))
+    (dataset / "dataset.json").write_text(json.dumps({"channel_names": {"0": "image"},
+                                                      "labels": {"background": 0, "gland": 1},
+                                                      "numTraining": 4, "file_ending": ".nii.gz"}))
+    weights = tmp_path / "sum_weights.pt"
+    torch.save(authors_layout_state_dict(), weights)
+
+    checkpoint = importer.install_authors_weights(weights, "Dataset999_Toy", "nnUNetSUMPaperPlans")
+    assert checkpoint == results / "Dataset999_Toy" / "nnUNetTrainerSUM_paper__nnUNetSUMPaperPlans__2d" / \
+        "fold_all" / "checkpoint_final.pth"
+    predictor = nnUNetPredictor(device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(checkpoint.parents[1]), ("all",))
+    predictor.network.load_state_dict(predictor.list_of_parameters[0])
+    assert torch.equal(predictor.network.encoder.bottleneck.conv2.conv.weight,
+                       authors_layout_state_dict()["dl.c2.weight"])
+    with pytest.raises(FileExistsError, match="never replaced"):
+        importer.install_authors_weights(weights, "Dataset999_Toy", "nnUNetSUMPaperPlans")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from nnunet_deconver.architectures import DeconverUNet
 from nnunet_deconver.architectures.factorizer_unet import FactorizerUNet
+from nnunet_deconver.architectures.sum_network import SUMNet
 
 
 def tiny_deconver_2d(deep_supervision: bool = True, input_channels: int = 2, num_classes: int = 3) -> DeconverUNet:
@@ -30,6 +31,11 @@ def tiny_factorizer_2d(deep_supervision: bool = True, input_channels: int = 2, n
     return FactorizerUNet(input_channels, 3, [8, 16, 32], nn.Conv2d, 3, [1, 2, 2], num_classes,
                           deep_supervision=deep_supervision, matricize="swin", head_dim=4, window=4,
                           patch_size=(32, 32))
+
+
+def tiny_sum_2d(deep_supervision: bool = True, input_channels: int = 2, num_classes: int = 3) -> SUMNet:
+    return SUMNet(input_channels, 3, [8, 16, 32], nn.Conv2d, 3, [1, 2, 2], num_classes,
+                  deep_supervision=deep_supervision)
 
 
 DDP_WORLD_SIZE = 2
@@ -56,7 +62,7 @@ def _nnunet_ddp_loss(deep_supervision: bool, n_outputs: int) -> nn.Module:
     return DeepSupervisionWrapper(RobustCrossEntropyLoss(), weights / weights.sum())
 
 
-DDP_FAMILIES = {"deconver": tiny_deconver_2d, "factorizer-swin": tiny_factorizer_2d}
+DDP_FAMILIES = {"deconver": tiny_deconver_2d, "factorizer-swin": tiny_factorizer_2d, "sum": tiny_sum_2d}
 
 
 def ddp_training_worker(rank: int, world_size: int, init_method: str, out_dir: str) -> None:

@@ -186,3 +186,30 @@ def test_shrinkage_gradients_pass_gradcheck_in_float64(leaks) -> None:
         return torch.func.functional_call(module, {"threshold": threshold}, (x,))
 
     assert torch.autograd.gradcheck(shrink, (x.requires_grad_(), module.threshold.detach().clone().requires_grad_()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_under_cpu_autocast_the_output_is_close_and_every_parameter_gets_a_finite_gradient(dtype) -> None:
+    torch.manual_seed(0)
+    network = small_sum(input_channels=2, num_classes=3, deep_supervision=True)
+    randomise_thresholds(network, 0.05)
+    x = torch.randn(2, 2, 16, 16)
+    reference = network(x)[0]
+    with torch.autocast("cpu", dtype=dtype):
+        outputs = network(x)
+        loss = sum(nn.functional.cross_entropy(o.float(), torch.zeros(o.shape[0], *o.shape[2:], dtype=torch.long))
+                   for o in outputs)
+    assert outputs[0].dtype == dtype
+    error = (outputs[0].float() - reference).norm() / reference.norm()
+    assert error < 64 * torch.finfo(dtype).eps
+    loss.backward()
+    for name, parameter in network.named_parameters():
+        assert parameter.grad is not None and parameter.grad.dtype == torch.float32, name
+        assert torch.isfinite(parameter.grad).all(), name
+
+
+def test_torch_compile_traces_the_sum_in_one_graph() -> None:
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(small_sum(deep_supervision=True))(torch.randn(1, 1, 16, 16))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
