@@ -16,7 +16,7 @@ import sys
 DEFAULT_TRAINERS = [
     "nnUNetTrainerDeconver", "nnUNetTrainerDeconver_selectiveCheckpointing", "nnUNetTrainerDeconver_noCheckpointing",
     "nnUNetTrainerFactorizerSwin", "nnUNetTrainerFactorizerSwin_noCheckpointing", "nnUNetTrainerDTC",
-    "nnUNetTrainerDTC_noCheckpointing", "nnUNetTrainerDeconverDTC",
+    "nnUNetTrainerDTC_noCheckpointing", "nnUNetTrainerDeconverDTC", "nnUNetTrainerSUM",
 ]
 RESENC_TRAINERS = ["nnUNetTrainerResEncDTC", "nnUNetTrainerDeconver", "nnUNetTrainerFactorizerSwin"]
 

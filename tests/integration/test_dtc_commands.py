@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
 from nnunet_deconver.nnunet.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
 from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders
-from support.integration import CONFIGURATIONS, DATASET_ID, model_folder, run
+from support.integration import CONFIGURATIONS, DATASET_ID, model_folder, predict_and_check_held_out_cases, run
 
 pytestmark = pytest.mark.slow
 
@@ -56,13 +54,7 @@ def test_dtc_trains_and_predicts(dtc_trained, configuration: str, tmp_path: Path
     assert (fold / "validation" / "summary.json").is_file()
 
     output = tmp_path / "prediction"
-    run(["nnUNetv2_predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID),
-         "-c", configuration, "-f", "0", "-tr", DTC_TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], folders)
-    for case in dataset.test_cases:
-        predicted = np.asarray(nib.load(output / f"{case}.nii.gz").dataobj)
-        reference = np.asarray(nib.load(dataset.labels_ts / f"{case}.nii.gz").dataobj)
-        assert predicted.shape == reference.shape
-        assert set(np.unique(predicted)) <= {0, 1, 2}
+    predict_and_check_held_out_cases(folders, dataset, configuration, DTC_TRAINER, output)
 
 
 def test_dtc_offsets_draws_the_trained_2d_model(dtc_trained, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import torch
 from nnunet_deconver.nnunet.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
 from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders
 from nnunet_deconver.nnunet.plans_topology import TOPOLOGY_KEYS
-from support.integration import CONFIGURATIONS, DATASET_ID, TRAINER, model_folder, run
+from support.integration import CONFIGURATIONS, DATASET_ID, TRAINER, model_folder, predict_and_check_held_out_cases, run
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,7 @@ def test_training_writes_a_deconver_checkpoint(trained, configuration: str) -> N
 def test_predict_segments_held_out_cases(trained, configuration: str, tmp_path: Path) -> None:
     folders, dataset = trained
     output = tmp_path / "prediction"
-    run(["nnUNetv2_predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID),
-         "-c", configuration, "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], folders)
-    for case in dataset.test_cases:
-        predicted = np.asarray(nib.load(output / f"{case}.nii.gz").dataobj)
-        reference = np.asarray(nib.load(dataset.labels_ts / f"{case}.nii.gz").dataobj)
-        assert predicted.shape == reference.shape
-        assert set(np.unique(predicted)) <= {0, 1, 2}
+    predict_and_check_held_out_cases(folders, dataset, configuration, TRAINER, output)
 
 
 def test_find_best_configuration_ranks_both_configurations(trained) -> None:
