@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from nnunet_deconver.analysis.robustness_cli import add_robustness_parser, run_robustness
+
 
 def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     from nnunet_deconver.nnunet.demo.defaults import DEMO_CONFIGURATIONS, DEMO_TRAINERS
@@ -250,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_components_parser(subparsers)
     _add_offsets_parser(subparsers)
     _add_import_weights_parser(subparsers)
+    add_robustness_parser(subparsers)
     subparsers.add_parser("predict", help="nnUNetv2_predict with inference-time NMF settings for Factorizers",
                           description=PREDICT_DESCRIPTION)
     args = parser.parse_args(argv)
@@ -269,6 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_import_weights(args)
         except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
             parser.exit(2, f"nnunet-deconver import-sum-weights: error: {error}\n")
+    elif args.command == "robustness":
+        try:
+            run_robustness(args)
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            parser.exit(2, f"nnunet-deconver robustness: error: {error}\n")
     elif args.command == "presets":
         _run_presets()
     elif args.command in ("nmf-components", "dtc-offsets"):
