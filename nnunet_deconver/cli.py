@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from nnunet_deconver.analysis.impulse_cli import add_impulse_parser, run_impulse
 from nnunet_deconver.analysis.robustness_cli import add_robustness_parser, run_robustness
 
 
@@ -252,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_components_parser(subparsers)
     _add_offsets_parser(subparsers)
     _add_import_weights_parser(subparsers)
+    add_impulse_parser(subparsers)
     add_robustness_parser(subparsers)
     subparsers.add_parser("predict", help="nnUNetv2_predict with inference-time NMF settings for Factorizers",
                           description=PREDICT_DESCRIPTION)
@@ -272,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_import_weights(args)
         except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
             parser.exit(2, f"nnunet-deconver import-sum-weights: error: {error}\n")
+    elif args.command == "impulse":
+        try:
+            run_impulse(args)
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            parser.exit(2, f"nnunet-deconver impulse: error: {error}\n")
     elif args.command == "robustness":
         try:
             run_robustness(args)
