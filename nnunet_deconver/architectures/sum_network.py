@@ -39,7 +39,13 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_deconver.architectures.hyperparameter_checks import check_choice, check_flag, check_integer, invalid, per_stage
+from nnunet_deconver.architectures.hyperparameter_checks import (
+    check_choice,
+    check_flag,
+    check_integer,
+    invalid,
+    per_stage,
+)
 from nnunet_deconver.architectures.idle_parameters import with_idle_parameters_in_graph
 from nnunet_deconver.architectures.registry import register_architecture
 from nnunet_deconver.architectures.unet_scaffold import stage_features
@@ -79,7 +85,8 @@ class _ConvFactory:
 
 
 class ConvShrinkPair(nn.Module):
-    """conv, shrink, conv, shrink: an encoder level (C_{l-1} -> C_l -> C_l) or the bottleneck (-> C_{S-1} -> C_{S-2})."""
+    """conv, shrink, conv, shrink: an encoder level (C_{l-1} -> C_l -> C_l) or the bottleneck (C_{S-2} -> C_{S-1} ->
+    C_{S-2})."""
 
     def __init__(self, conv: _ConvFactory, channels: tuple[int, int, int], kernel: tuple[int, ...],
                  leaks: tuple[float, float]) -> None:
@@ -226,7 +233,8 @@ class SUMNet(nn.Module):
         check_flag("output_bias", output_bias)
         check_flag("deep_supervision_heads", deep_supervision_heads)
         leaks = _leaks(shrinkage_leaks)
-        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k)) for k in per_stage("kernel_sizes", kernel_sizes, n_stages, "3")]
+        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k))
+                   for k in per_stage("kernel_sizes", kernel_sizes, n_stages, "3")]
         stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s))
                        for s in per_stage("strides", strides, n_stages, str([1] + [2] * (n_stages - 1)))]
         _check_topology(kernels, stride_list)

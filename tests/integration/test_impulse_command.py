@@ -15,24 +15,11 @@ from pathlib import Path
 import pytest
 
 from nnunet_deconver.analysis.impulse_cli import add_impulse_parser, run_impulse
-from nnunet_deconver.nnunet.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
-from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders
-from support.integration import DATASET_ID, model_folder, run
+from support.integration import model_folder
 
 pytestmark = pytest.mark.slow
 
 TRAINERS = ("nnUNetTrainerSUM_smoke", "nnUNetTrainer_smoke")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[NnUNetFolders, MNI152Dataset]:
-    """Plan + preprocess the 2d configuration and train fold 0 with each trainer."""
-    folders = NnUNetFolders.inside(tmp_path_factory.mktemp("nnunet_impulse"))
-    dataset = write_mni152_dataset(folders.raw, dataset_id=DATASET_ID, n_training=5, n_test=1)
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"], folders)
-    for trainer in TRAINERS:
-        run(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], folders)
-    return folders, dataset
 
 
 def _impulse(*argv: str) -> None:
@@ -48,8 +35,9 @@ def _report(output: Path) -> dict:
     return report
 
 
-def test_a_trained_sum_gets_its_exact_response(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    folders, dataset = trained
+def test_a_trained_sum_gets_its_exact_response(sum_family_trained, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    folders, dataset = sum_family_trained
     case = dataset.test_cases[0]
     _impulse("-m", str(model_folder(folders, "2d", TRAINERS[0])), "-o", str(tmp_path),
              "-i", str(dataset.images_ts / f"{case}_0000.nii.gz"), "-l", str(dataset.labels_ts / f"{case}.nii.gz"))
@@ -62,8 +50,8 @@ def test_a_trained_sum_gets_its_exact_response(trained, tmp_path: Path, capsys: 
         _impulse("-m", str(model_folder(folders, "2d", TRAINERS[0])), "-o", str(tmp_path))
 
 
-def test_nnunets_unet_gets_the_linearisation_of_its_logits(trained, tmp_path: Path) -> None:
-    folders, dataset = trained
+def test_nnunets_unet_gets_the_linearisation_of_its_logits(sum_family_trained, tmp_path: Path) -> None:
+    folders, dataset = sum_family_trained
     case = dataset.test_cases[0]
     _impulse("-m", str(model_folder(folders, "2d", TRAINERS[1])), "-o", str(tmp_path),
              "-i", str(dataset.images_ts / f"{case}_0000.nii.gz"))

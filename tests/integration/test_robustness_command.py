@@ -10,24 +10,13 @@ import json
 import pytest
 
 from nnunet_deconver.analysis.robustness_cli import add_robustness_parser, run_robustness
-from nnunet_deconver.nnunet.demo.mni152_dataset import write_mni152_dataset
+from nnunet_deconver.nnunet.demo.mni152_dataset import MNI152Dataset
 from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders
-from support.integration import DATASET_ID, model_folder, run
+from support.integration import DATASET_ID, model_folder
 
 pytestmark = pytest.mark.slow
 
 TRAINER = "nnUNetTrainer_smoke"
-
-
-@pytest.fixture(scope="module")
-def trained_2d(tmp_path_factory: pytest.TempPathFactory) -> NnUNetFolders:
-    """Plan + preprocess the 2d configuration and train fold 0 with nnU-Net's own U-Net on the smoke schedule."""
-    folders = NnUNetFolders.inside(tmp_path_factory.mktemp("nnunet_robustness"))
-    write_mni152_dataset(folders.raw, dataset_id=DATASET_ID, n_training=6, n_test=1)
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "--verify_dataset_integrity",
-         "-np", "1", "-npfp", "1"], folders)
-    run(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"], folders)
-    return folders
 
 
 def robustness_arguments(*arguments: str) -> argparse.Namespace:
@@ -36,8 +25,10 @@ def robustness_arguments(*arguments: str) -> argparse.Namespace:
     return parser.parse_args(["robustness", *arguments])
 
 
-def test_robustness_report_of_a_trained_model(trained_2d: NnUNetFolders, monkeypatch: pytest.MonkeyPatch,
+def test_robustness_report_of_a_trained_model(sum_family_trained: tuple[NnUNetFolders, MNI152Dataset],
+                                              monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture) -> None:
+    trained_2d, _ = sum_family_trained
     for variable, folder in (("nnUNet_raw", trained_2d.raw), ("nnUNet_preprocessed", trained_2d.preprocessed),
                              ("nnUNet_results", trained_2d.results)):
         monkeypatch.setenv(variable, str(folder))

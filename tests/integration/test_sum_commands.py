@@ -12,30 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_deconver.nnunet.demo.mni152_dataset import MNI152Dataset, write_mni152_dataset
-from nnunet_deconver.nnunet.demo.nnunet_commands import NnUNetFolders
-from support.integration import CONFIGURATIONS, DATASET_ID, model_folder, predict_and_check_held_out_cases, run
+from support.integration import SUM_FAMILY_RUNS, model_folder, predict_and_check_held_out_cases
 
 pytestmark = pytest.mark.slow
 
-RUNS = [("nnUNetTrainerSUM_smoke", "2d"), ("nnUNetTrainerSUM_smoke", "3d_fullres"),
-        ("nnUNetTrainerSUMRec_smoke", "2d"), ("nnUNetTrainerSUM_paper_smoke", "2d")]
-
-
-@pytest.fixture(scope="module")
-def sum_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[NnUNetFolders, MNI152Dataset]:
-    folders = NnUNetFolders.inside(tmp_path_factory.mktemp("nnunet_sum"))
-    dataset = write_mni152_dataset(folders.raw, dataset_id=DATASET_ID, n_training=6, n_test=1)
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *CONFIGURATIONS,
-         "--verify_dataset_integrity", "-np", "1", "-npfp", "1"], folders)
-    for trainer, configuration in RUNS:
-        run(["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", trainer, "-device", "cpu"], folders)
-    return folders, dataset
+RUNS = [run for run in SUM_FAMILY_RUNS if "SUM" in run[0]]
 
 
 @pytest.mark.parametrize(("trainer", "configuration"), RUNS)
-def test_sum_trains_validates_and_predicts(sum_trained, trainer: str, configuration: str, tmp_path: Path) -> None:
-    folders, dataset = sum_trained
+def test_sum_trains_validates_and_predicts(sum_family_trained, trainer: str, configuration: str,
+                                          tmp_path: Path) -> None:
+    folders, dataset = sum_family_trained
     fold = model_folder(folders, configuration, trainer) / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == trainer

@@ -103,7 +103,8 @@ def test_soft_iou_loss_reads_the_papers_map_and_skips_the_ignore_label() -> None
     m = torch.rand(2, 1, 8, 8)
     logits = torch.cat((1 - m, m), dim=1)
     target = (torch.rand(2, 1, 8, 8) > 0.5).long()
-    torch.testing.assert_close(SoftIoULoss(network, ignore_label=None)(logits, target), soft_iou_loss(m, target.float()))
+    torch.testing.assert_close(SoftIoULoss(network, ignore_label=None)(logits, target),
+                               soft_iou_loss(m, target.float()))
     target[:, :, :4] = 2
     valid = (target != 2).float()
     torch.testing.assert_close(SoftIoULoss(network, ignore_label=2)(logits, target),

@@ -14,6 +14,10 @@ from support.processes import run_console_script
 DATASET_ID = 991
 CONFIGURATIONS = ("2d", "3d_fullres")
 TRAINER = "nnUNetTrainerDeconver_smoke"
+# What the session fixture sum_family_trained (tests/integration/conftest.py) trains: (trainer, configuration).
+SUM_FAMILY_RUNS = (("nnUNetTrainerSUM_smoke", "2d"), ("nnUNetTrainerSUM_smoke", "3d_fullres"),
+                   ("nnUNetTrainerSUMRec_smoke", "2d"), ("nnUNetTrainerSUM_paper_smoke", "2d"),
+                   ("nnUNetTrainer_smoke", "2d"))
 
 
 def run(command: list[str], folders: NnUNetFolders) -> str:
@@ -28,7 +32,7 @@ def model_folder(folders: NnUNetFolders, configuration: str, trainer: str = TRAI
 
 def predict_and_check_held_out_cases(folders: NnUNetFolders, dataset: MNI152Dataset, configuration: str,
                                      trainer: str, output: Path) -> None:
-    """``nnUNetv2_predict`` fold 0 on the test images; each segmentation has the label's shape and the dataset's labels."""
+    """``nnUNetv2_predict`` fold 0 on the test images; each segmentation has the label's shape and labels."""
     run(["nnUNetv2_predict", "-i", str(dataset.images_ts), "-o", str(output), "-d", str(DATASET_ID),
          "-c", configuration, "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], folders)
     for case in dataset.test_cases:
