@@ -222,3 +222,18 @@ def test_imported_weights_become_a_model_folder_nnunets_predictor_loads(tmp_path
                        authors_layout_state_dict()["dl.c2.weight"])
     with pytest.raises(FileExistsError, match="never replaced"):
         importer.install_authors_weights(weights, "Dataset999_Toy", "nnUNetSUMPaperPlans")
+
+
+@pytest.mark.parametrize("wrapper", ["plain", "compile"])
+def test_nnunet_toggles_the_sums_deep_supervision_through_its_own_call(wrapper: str) -> None:
+    from types import SimpleNamespace
+
+    config = configuration(2)
+    network = nnUNetTrainerSUM.build_network_architecture(None, config, 1, 2, enable_deep_supervision=True)
+    wrapped = torch.compile(network, backend="eager") if wrapper == "compile" else network
+    fake_trainer = SimpleNamespace(is_ddp=False, network=wrapped)
+    x = torch.rand(1, 1, *config.patch_size)
+    nnUNetTrainer.set_deep_supervision_enabled(fake_trainer, False)
+    assert isinstance(wrapped(x), torch.Tensor)
+    nnUNetTrainer.set_deep_supervision_enabled(fake_trainer, True)
+    assert isinstance(wrapped(x), list)
