@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nnunet_deconver.analysis.impulse_cli import add_impulse_parser, run_impulse
@@ -238,6 +238,27 @@ def _run_presets() -> None:
         print(f"{name:<{width}} {preset.dimension}D  {preset.description}")
 
 
+def _run_demo(args: argparse.Namespace) -> None:
+    from nnunet_deconver.nnunet.demo.pipeline import DemoSettings, run_demo
+
+    run_demo(DemoSettings(args.workdir, tuple(args.configurations), tuple(args.trainers), args.dataset_id,
+                          device=args.device))
+
+
+# The errors each command reports in one line (anything else is a bug and keeps its traceback).
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+_RUNNERS: dict[str, tuple[Callable[[argparse.Namespace], None], tuple[type[Exception], ...]]] = {
+    "demo": (_run_demo, (ValueError, FileExistsError, RuntimeError)),
+    "plan": (_run_plan, (*_USER_ERRORS, RuntimeError)),
+    "profile": (_run_profile, (ValueError, FileNotFoundError, RuntimeError)),
+    "import-sum-weights": (_run_import_weights, (*_USER_ERRORS, RuntimeError)),
+    "impulse": (run_impulse, _USER_ERRORS),
+    "robustness": (run_robustness, _USER_ERRORS),
+    "nmf-components": (_run_components, _USER_ERRORS),
+    "dtc-offsets": (_run_offsets, _USER_ERRORS),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
@@ -259,46 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                           description=PREDICT_DESCRIPTION)
     args = parser.parse_args(argv)
 
-    if args.command == "plan":
-        try:
-            _run_plan(args)
-        except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-            parser.exit(2, f"nnunet-deconver plan: error: {error}\n")
-    elif args.command == "profile":
-        try:
-            _run_profile(args)
-        except (ValueError, FileNotFoundError, RuntimeError) as error:
-            parser.exit(2, f"nnunet-deconver profile: error: {error}\n")
-    elif args.command == "import-sum-weights":
-        try:
-            _run_import_weights(args)
-        except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-            parser.exit(2, f"nnunet-deconver import-sum-weights: error: {error}\n")
-    elif args.command == "impulse":
-        try:
-            run_impulse(args)
-        except (ValueError, FileNotFoundError, FileExistsError) as error:
-            parser.exit(2, f"nnunet-deconver impulse: error: {error}\n")
-    elif args.command == "robustness":
-        try:
-            run_robustness(args)
-        except (ValueError, FileNotFoundError, FileExistsError) as error:
-            parser.exit(2, f"nnunet-deconver robustness: error: {error}\n")
-    elif args.command == "presets":
+    if args.command == "presets":
         _run_presets()
-    elif args.command in ("nmf-components", "dtc-offsets"):
-        try:
-            (_run_components if args.command == "nmf-components" else _run_offsets)(args)
-        except (ValueError, FileNotFoundError, FileExistsError) as error:
-            parser.exit(2, f"nnunet-deconver {args.command}: error: {error}\n")
-    elif args.command == "demo":
-        from nnunet_deconver.nnunet.demo.pipeline import DemoSettings, run_demo
-
-        try:
-            run_demo(DemoSettings(args.workdir, tuple(args.configurations), tuple(args.trainers), args.dataset_id,
-                                  device=args.device))
-        except (ValueError, FileExistsError, RuntimeError) as error:
-            parser.exit(1, f"nnunet-deconver demo: error: {error}\n")
+        return 0
+    runner, errors = _RUNNERS[args.command]
+    try:
+        runner(args)
+    except errors as error:
+        parser.exit(1 if args.command == "demo" else 2, f"nnunet-deconver {args.command}: error: {error}\n")
     return 0
 
 

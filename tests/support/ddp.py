@@ -80,11 +80,13 @@ def ddp_training_worker(rank: int, world_size: int, init_method: str, out_dir: s
         for (family, build), deep_supervision in itertools.product(DDP_FAMILIES.items(), (True, False)):
             torch.manual_seed(0)
             net = build(deep_supervision=True, input_channels=1, num_classes=2)
+            with torch.no_grad():
+                n_outputs = len(net(torch.zeros(1, 1, 16, 16)))
             initial = _flat_parameters(net).clone()
             ddp = nn.parallel.DistributedDataParallel(net, find_unused_parameters=False)
             ddp.module.decoder.deep_supervision = deep_supervision
             optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-            loss_fn = _nnunet_ddp_loss(deep_supervision, len(net.decoder.heads))
+            loss_fn = _nnunet_ddp_loss(deep_supervision, n_outputs)
             generator = torch.Generator().manual_seed(1000 + rank)  # different data per rank
             losses = []
             for _ in range(DDP_STEPS):
