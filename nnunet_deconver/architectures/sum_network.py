@@ -30,12 +30,11 @@ supervision on it then returns a list with the full-resolution logits only.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, maybe_convert_scalar_to_list
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -44,11 +43,15 @@ from nnunet_deconver.architectures.hyperparameter_checks import (
     check_flag,
     check_integer,
     invalid,
-    per_stage,
 )
 from nnunet_deconver.architectures.idle_parameters import with_idle_parameters_in_graph
 from nnunet_deconver.architectures.registry import register_architecture
-from nnunet_deconver.architectures.unet_scaffold import stage_features
+from nnunet_deconver.architectures.unet_scaffold import (
+    check_input_size,
+    planned_kernels_and_strides,
+    size_divisor,
+    stage_features,
+)
 from nnunet_deconver.layers.haar_wavelet import HaarDWT, HaarIDWT
 from nnunet_deconver.layers.same_padding import PADDING_MODES, same_padding
 from nnunet_deconver.layers.shrinkage import SoftShrinkage
@@ -233,10 +236,7 @@ class SUMNet(nn.Module):
         check_flag("output_bias", output_bias)
         check_flag("deep_supervision_heads", deep_supervision_heads)
         leaks = _leaks(shrinkage_leaks)
-        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k))
-                   for k in per_stage("kernel_sizes", kernel_sizes, n_stages, "3")]
-        stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s))
-                       for s in per_stage("strides", strides, n_stages, str([1] + [2] * (n_stages - 1)))]
+        kernels, stride_list = planned_kernels_and_strides(conv_op, kernel_sizes, strides, n_stages)
         _check_topology(kernels, stride_list)
         ed_width = input_channels if ed_channels == "input" else num_classes
         if output_layer == "paper" and num_classes != 2:
@@ -247,7 +247,7 @@ class SUMNet(nn.Module):
         self.spatial_dims = convert_conv_op_to_dim(conv_op)
         self.kernel_sizes = kernels
         self.strides = stride_list
-        self.size_divisor = tuple(math.prod(axis) for axis in zip(*stride_list))
+        self.size_divisor = size_divisor(stride_list)
         self.encoder = SUMEncoder(conv, input_channels, features, kernels, stride_list, leaks)
         self.decoder = SUMDecoder(conv, ed_width, features, kernels, stride_list, num_classes, leaks, deep_supervision,
                                   deep_supervision_heads)
@@ -257,12 +257,7 @@ class SUMNet(nn.Module):
         )
 
     def _decoder_outputs(self, x: Tensor) -> list[Tensor]:
-        spatial = tuple(x.shape[2:])
-        if len(spatial) != self.spatial_dims or any(n % d for n, d in zip(spatial, self.size_divisor)):
-            raise ValueError(
-                f"Input of spatial size {spatial} cannot pass this {self.spatial_dims}-D SUM: every axis must be a "
-                f"multiple of {self.size_divisor} (the product of the plans' strides); pad it to such a size."
-            )
+        check_input_size(x, self.spatial_dims, self.size_divisor, "SUM")
         return self.decoder(*self.encoder(x))
 
     def encoder_decoder(self, x: Tensor) -> Tensor:

@@ -78,6 +78,32 @@ def stage_features(features_per_stage: int | Sequence[int], n_stages: int) -> li
     return _integers_per_stage("features_per_stage", features_per_stage, n_stages, 1, example)
 
 
+def planned_kernels_and_strides(
+    conv_op: type[_ConvNd], kernel_sizes: int | Sequence, strides: int | Sequence, n_stages: int
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """The plans' kernel and stride of every stage, one entry per axis (a scalar applies to every axis or stage)."""
+    planned_strides = per_stage("strides", strides, n_stages, str([1] + [2] * (n_stages - 1)))
+    planned_kernels = per_stage("kernel_sizes", kernel_sizes, n_stages, "3")
+    kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k)) for k in planned_kernels]
+    return kernels, [tuple(maybe_convert_scalar_to_list(conv_op, s)) for s in planned_strides]
+
+
+def size_divisor(strides: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The product of the stages' strides per axis: every input size must be a multiple of it."""
+    return tuple(math.prod(axis) for axis in zip(*strides))
+
+
+def check_input_size(x: Tensor, spatial_dims: int, divisor: tuple[int, ...], network: str) -> None:
+    """Refuse an input whose spatial size the strides do not divide (one line naming the divisor)."""
+    spatial = tuple(x.shape[2:])
+    if len(spatial) != spatial_dims or any(n % d for n, d in zip(spatial, divisor)):
+        raise ValueError(
+            f"Input of spatial size {spatial} cannot pass this {spatial_dims}-D {network}: every axis must be "
+            f"a multiple of {divisor} (the product of the plans' strides). nnU-Net's patch sizes are; pad other "
+            f"inputs to such a size."
+        )
+
+
 class UNetEncoder(nn.Module):
     """Stem plus one (downsampling, blocks) stage per resolution level."""
 
@@ -246,16 +272,13 @@ class UNetScaffold(nn.Module):
         biases = {"stem_bias": stem_bias, "downsampling_bias": downsampling_bias, "fusion_bias": fusion_bias}
         for key, value in biases.items():
             check_flag(key, value)
-        planned_strides = per_stage("strides", strides, n_stages, str([1] + [2] * (n_stages - 1)))
-        planned_kernels = per_stage("kernel_sizes", kernel_sizes, n_stages, "3")
-        kernels = [tuple(maybe_convert_scalar_to_list(conv_op, k)) for k in planned_kernels]
-        stride_list = [tuple(maybe_convert_scalar_to_list(conv_op, s)) for s in planned_strides]
+        kernels, stride_list = planned_kernels_and_strides(conv_op, kernel_sizes, strides, n_stages)
         encoder_blocks = _integers_per_stage("blocks_per_stage", blocks_per_stage, n_stages, 0, "1")
         decoder_blocks = _integers_per_stage("blocks_per_decoder_stage", blocks_per_decoder_stage, n_stages - 1, 0, "1")
         upsampler_factory = _transposed_conv_factory(conv_op) if dtc is None else dtc_upsampler_factory(dtc)
 
         self.spatial_dims = convert_conv_op_to_dim(conv_op)
-        self.size_divisor = tuple(math.prod(axis) for axis in zip(*stride_list))
+        self.size_divisor = size_divisor(stride_list)
         self.encoder = UNetEncoder(
             input_channels, features, conv_op, kernels, stride_list, block_factory, encoder_blocks,
             stem_bias=stem_bias, downsampling_bias=downsampling_bias, activation_checkpointing=activation_checkpointing,
@@ -279,11 +302,5 @@ class UNetScaffold(nn.Module):
         return sum(p.numel() for p in self.parameters() if id(p) not in ignored_ids)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        spatial = tuple(x.shape[2:])
-        if len(spatial) != self.spatial_dims or any(n % d for n, d in zip(spatial, self.size_divisor)):
-            raise ValueError(
-                f"Input of spatial size {spatial} cannot pass this {self.spatial_dims}-D U-Net: every axis must be "
-                f"a multiple of {self.size_divisor} (the product of the plans' strides). nnU-Net's patch sizes "
-                f"are; pad other inputs to such a size."
-            )
+        check_input_size(x, self.spatial_dims, self.size_divisor, "U-Net")
         return self.decoder(self.encoder(x))
