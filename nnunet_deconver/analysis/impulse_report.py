@@ -51,6 +51,7 @@ from nnunet_deconver.analysis.linear_response import (
     sum_impulse_response,
     sum_receptive_field,
 )
+from nnunet_deconver.analysis.output_files import refuse_existing_outputs
 from nnunet_deconver.analysis.response_metrics import response_metrics
 from nnunet_deconver.architectures.sum_network import SUMNet
 from nnunet_deconver.layers.shrinkage import shrinkage_scale
@@ -152,7 +153,7 @@ def impulse_report(request: ImpulseRequest, *, progress: Callable[[str], None] =
         FileNotFoundError: no such checkpoint, image or label file.
         ValueError: options the model does not support (``alpha`` for a model that is not a SUM, channels).
     """
-    _refuse_existing(request)
+    refuse_existing_outputs(request.targets())
     inputs = [*request.image, *([request.label] if request.label else [])]
     missing = [str(path) for path in inputs if not path.is_file()]
     if missing:
@@ -166,12 +167,6 @@ def impulse_report(request: ImpulseRequest, *, progress: Callable[[str], None] =
                              model.configuration_manager.pool_op_kernel_sizes, _input_channels(model))
     return write_impulse_outputs(request, planned, image=_image_window(model, request) if request.image else None,
                                  progress=progress)
-
-
-def _refuse_existing(request: ImpulseRequest) -> None:
-    existing = [str(path) for path in request.targets() if path.exists()]
-    if existing:
-        raise FileExistsError(f"{', '.join(existing)} exist already; choose another -o.")
 
 
 def _input_channels(model: TrainedModel) -> int:
@@ -201,7 +196,7 @@ def write_impulse_outputs(request: ImpulseRequest, planned: PlannedNetwork, *, i
         FileExistsError: an output exists already (nothing is computed).
         ValueError: options the network does not support, or a response that is zero everywhere.
     """
-    _refuse_existing(request)
+    refuse_existing_outputs(request.targets())
     sum_net = next((module for module in planned.network.modules() if isinstance(module, SUMNet)), None)
     if sum_net is None and request.alpha is not None:
         raise ValueError(f"--alpha scales a SUM's shrinkage thresholds; {type(planned.network).__name__} is not a SUM.")

@@ -14,6 +14,7 @@ import torch
 
 from nnunet_deconver.analysis.dtc_offsets import last_dtc, sampling_field, save_sampling_figure
 from nnunet_deconver.analysis.nmf_components import default_layers, nmf_components, save_components_figure
+from nnunet_deconver.analysis.output_files import refuse_existing_outputs
 from nnunet_deconver.nnunet.inference_knobs import factorizer_in
 from nnunet_deconver.nnunet.trained_model import TrainedModel, load_trained_model, network_input, preprocess_image
 
@@ -33,9 +34,7 @@ class FigureRequest:
 
 def _model_and_input(request: FigureRequest, targets: Sequence[Path]) -> tuple[TrainedModel, torch.Tensor, int]:
     """Load the fold, preprocess the image, cut the network input; refuse targets that exist already."""
-    existing = [str(path) for path in targets if path.exists()]
-    if existing:
-        raise FileExistsError(f"{', '.join(existing)} exist already; choose another -o.")
+    refuse_existing_outputs(targets)
     fold = request.fold if request.fold == "all" else int(request.fold)
     model = load_trained_model(request.model_folder, fold, request.checkpoint, request.device)
     x, position = network_input(preprocess_image(model, request.image), model.configuration_manager.patch_size,
