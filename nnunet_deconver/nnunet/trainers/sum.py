@@ -59,19 +59,15 @@ class nnUNetTrainerSUMRec(nnUNetTrainerSUM):
 
     reconstruction_weight: ClassVar[float] = 0.35
 
-    def __init__(
-        self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ) -> None:
-        ed_channels = self.network_architecture(PlansManager(plans).get_configuration(configuration))[
-            "arch_kwargs"].get("ed_channels", "input")
+    @classmethod
+    def check_planned_architecture(cls, arch_kwargs: dict[str, Any]) -> None:
+        ed_channels = arch_kwargs.get("ed_channels", "input")
         if ed_channels != "input":
             raise ValueError(
-                f"{type(self).__name__} compares the encoder-decoder's output with the input, but these plans build "
+                f"{cls.__name__} compares the encoder-decoder's output with the input, but these plans build "
                 f"it with ed_channels={ed_channels!r} (one map per class); use ed_channels 'input' or train "
                 f"nnUNetTrainerSUM."
             )
-        super().__init__(plans, configuration, fold, dataset_json, device)
 
     def initialize(self) -> None:
         super().initialize()
